@@ -1,0 +1,64 @@
+"""lorita — Low-Rank Induced Training (LoRITa, arXiv 2405.03089) as a library and CLI.
+
+Factorize layers into ``depth`` linear factors, train with plain weight decay, merge the factors
+back, truncate by SVD, and ship the two-layer low-rank model.
+"""
+
+from lorita.counting import CostReport, LayerCost, count_macs, count_params
+from lorita.io import load, read_manifest, save
+from lorita.layers import FactorizedConv2d, FactorizedLinear, LowRankConv2d, LowRankLinear
+from lorita.optim import param_groups
+from lorita.rank import (
+    EnergyThreshold,
+    FixedRank,
+    GlobalThreshold,
+    MacBudget,
+    ParamBudget,
+    RankRatio,
+    parse_policy,
+    select_ranks,
+)
+from lorita.surgery import (
+    effective_weight,
+    factorize,
+    factorize_plan,
+    merge,
+    singular_values,
+    to_low_rank,
+    truncate,
+)
+from lorita.targeting import TargetPlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CostReport",
+    "EnergyThreshold",
+    "FactorizedConv2d",
+    "FactorizedLinear",
+    "FixedRank",
+    "GlobalThreshold",
+    "LayerCost",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "MacBudget",
+    "ParamBudget",
+    "RankRatio",
+    "TargetPlan",
+    "count_macs",
+    "count_params",
+    "effective_weight",
+    "factorize",
+    "factorize_plan",
+    "load",
+    "merge",
+    "param_groups",
+    "parse_policy",
+    "read_manifest",
+    "save",
+    "select_ranks",
+    "singular_values",
+    "to_low_rank",
+    "truncate",
+    "__version__",
+]

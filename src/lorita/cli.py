@@ -1,0 +1,253 @@
+"""``lorita`` command line: train, compress, sweep, report, demo (the only place with argparse).
+
+Errors in user input end the program with one line ``lorita: error: …`` and exit code 2 (no
+traceback; ``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lorita import __version__
+
+logger = logging.getLogger("lorita.cli")
+
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError, FloatingPointError)
+
+
+def _targets(text: str | None) -> Any:
+    """``--target-modules``: a regex, or a comma-separated list of names (``fc1,fc2``)."""
+    if text is None:
+        return None
+    if "," in text:
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return text
+
+
+def _json_dict(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(obj, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return obj
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    from lorita.config import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    if not demo:
+        g.add_argument("--model", default=d.model, help="reference model (default: %(default)s)")
+        g.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON overrides, e.g. \'{"hidden": [256]}\'')
+        g.add_argument("--dataset", default=d.dataset, help="dataset (default: %(default)s)")
+    g.add_argument("--data-dir", default=None, help="folder with the data files (default: data/<dataset>)")
+    g.add_argument("--val-size", type=int, default=d.val_size, help="validation images carved from train (%(default)s)")
+    g.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the validation split (%(default)s)")
+    g.add_argument("--no-verify", action="store_true", help="skip dataset checksum verification")
+    g.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
+    g = p.add_argument_group("LoRITa")
+    if not demo:
+        g.add_argument("--depth", type=int, default=d.depth, help="factors per layer, N (1 = plain; %(default)s)")
+        g.add_argument("--target-modules", type=_targets, default=None, help="regex or comma list of layer names")
+        g.add_argument("--exclude-modules", type=_targets, default=None, help="regex or comma list of layer names")
+        g.add_argument("--init", choices=["default", "preserve"], default=d.init, help="factor init (%(default)s)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], default=d.optimizer if not demo else "adam")
+    g.add_argument("--lr", type=float, default=d.lr if not demo else 1e-3, help="learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (%(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay if not demo else 1e-4,
+                   help="L2 coefficient on the factors (and, with --decay all, on everything)")
+    g.add_argument("--decay", choices=["all", "weights", "factors"], default=d.decay, help="what to decay (%(default)s)")
+    g.add_argument("--epochs", type=int, default=d.epochs if not demo else 8)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--scheduler", choices=["cosine", "constant", "step"], default=d.scheduler)
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--augment", action="store_true", help="training augmentation (CIFAR: crop + flip)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed for init and shuffling (%(default)s)")
+    g.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N (%(default)s)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _config_from(args: argparse.Namespace, **over: Any):
+    from lorita.config import TrainConfig
+
+    fields = dict(
+        model=getattr(args, "model", "fcn"),
+        model_kwargs=getattr(args, "model_kwargs", {}),
+        dataset=getattr(args, "dataset", "mnist"),
+        data_dir=args.data_dir,
+        val_size=args.val_size,
+        split_seed=args.split_seed,
+        verify=not args.no_verify,
+        limit_train=args.limit_train,
+        depth=getattr(args, "depth", 3),
+        target_modules=getattr(args, "target_modules", None),
+        exclude_modules=getattr(args, "exclude_modules", None),
+        init=getattr(args, "init", "default"),
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        decay=args.decay,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        scheduler=args.scheduler,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+    )
+    fields.update(over)
+    return TrainConfig(**fields)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lorita.pipeline import train_run
+
+    cfg = _config_from(args)
+    summary = train_run(cfg, args.out, progress=not args.no_progress, resume=args.resume)
+    print(f"trained {cfg.model} depth {cfg.depth}: val acc {100 * summary['val_acc']:.2f}% "
+          f"in {summary['wall_seconds']:.0f}s -> {args.out}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from lorita.pipeline import compress_run
+
+    out = args.out or str(Path(args.run) / "compressed")
+    rep = compress_run(args.run, args.policy, out, data_dir=args.data_dir)
+    d, lr = rep["dense"], rep["low_rank"]
+    print(f"dense:    val {100 * d['val_acc']:.2f}%  test {100 * d['test_acc']:.2f}%  "
+          f"params {d['params']:,}  MACs {d['macs']:,}")
+    print(f"low-rank: val {100 * lr['val_acc']:.2f}%  test {100 * lr['test_acc']:.2f}%  "
+          f"params {lr['params']:,}  MACs {lr['macs']:,}  "
+          f"({100 * lr['weight_params_frac']:.1f}% of targeted weights) -> {out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lorita.pipeline import sweep_run
+
+    out = args.out or str(Path(args.run) / f"sweep-{args.policy}")
+    res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir, progress=not args.no_progress)
+    print((Path(out) / "sweep.md").read_text())
+    print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lorita.summary import report_runs
+
+    path = report_runs(args.runs, args.out, data_dir=args.data_dir, labels=args.labels)
+    print(f"-> {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lorita.summary import run_demo
+
+    cfg = _config_from(args, model="fcn", dataset="mnist", depth=1)
+    text = run_demo(cfg, args.out, depths=tuple(args.depths), budgets=args.budgets, progress=not args.no_progress)
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lorita",
+        description="LoRITa: train networks to be low-rank (factorize, weight decay, merge, truncate).",
+    )
+    p.add_argument("--version", action="version", version=f"lorita {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a (factorized) reference model")
+    _add_train_args(t)
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("compress", help="merge, choose ranks, split into low-rank layers, report")
+    c.add_argument("run", help="folder written by `lorita train`")
+    c.add_argument("--policy", required=True,
+                   help="energy:0.99 | ratio:0.1 | global:0.05 | params:0.05 | macs:0.1 | rank:16")
+    c.add_argument("--out", default=None, help="output folder (default: RUN/compressed)")
+    c.add_argument("--data-dir", default=None, help="override the run's data folder")
+    c.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("sweep", help="accuracy vs cost over many policy points (JSON + Markdown + PNG)")
+    s.add_argument("run", help="folder written by `lorita train`")
+    s.add_argument("--policy", default="energy", choices=["energy", "ratio", "global", "params", "macs", "rank"])
+    s.add_argument("--points", type=_floats, default=None, help="comma-separated policy values")
+    s.add_argument("--out", default=None, help="output folder (default: RUN/sweep-POLICY)")
+    s.add_argument("--data-dir", default=None, help="override the run's data folder")
+    s.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="spectra and accuracy-vs-params plots for one or more runs")
+    r.add_argument("runs", nargs="+", help="folders written by `lorita train`")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--labels", nargs="+", default=None, help="one label per run (default: depth N, wd W)")
+    r.add_argument("--data-dir", default=None, help="override the runs' data folder")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported")
+    _add_train_args(d, demo=True)
+    d.add_argument("--out", default="runs/demo", help="output folder (%(default)s)")
+    d.add_argument("--depths", type=int, nargs="+", default=[1, 3], help="depths to compare (%(default)s)")
+    d.add_argument("--budgets", type=_floats, default=None, help="params budgets to sweep")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        rc = args.func(args)
+    except _USER_ERRORS as exc:
+        if args.debug:
+            raise
+        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"lorita: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lorita: interrupted", file=sys.stderr)
+        return 130
+    logger.info("done in %.1fs", time.perf_counter() - t0)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Run configuration: one dataclass per training run, validated, JSON round-trip.
+
+The CLI turns flags into a :class:`TrainConfig`, writes it as ``config.json`` next to the
+checkpoint, and ``lorita compress`` rebuilds the model from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorita.engine import OPTIMIZERS, SCHEDULERS
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to reproduce a LoRITa training run (arXiv 2405.03089 recipe knobs).
+
+    Attributes:
+        model: reference model name (``lorita.models.MODELS``). model_kwargs: its overrides.
+        dataset: ``"mnist"`` ... data_dir: folder with the data files (None: ``data/<dataset>``).
+        val_size: validation images carved from the training set. split_seed: seed of that split.
+        verify: check dataset checksums. limit_train: use only the first N training images.
+        depth: N factors per targeted layer (1 = plain training).
+        target_modules / exclude_modules: which layers to factorize (None: the model's default).
+        init: ``"default"`` (paper) or ``"preserve"``.
+        optimizer: ``sgd`` | ``adamw`` | ``adam``. lr, momentum: as usual.
+        weight_decay: L2 coefficient λ; decay: ``"all"`` (paper) | ``"weights"`` | ``"factors"``.
+        epochs, batch_size: as usual. scheduler: ``cosine`` | ``constant`` | ``step``;
+        warmup_epochs: linear warm-up length. label_smoothing: CE smoothing.
+        augment: training augmentation (datasets that define one). seed: init and shuffling.
+        device: ``"cpu"`` | ``"cuda"`` | ``"cuda:1"``... amp: bf16 autocast on CUDA.
+    """
+
+    model: str = "fcn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    val_size: int = 5000
+    split_seed: int = 0
+    verify: bool = True
+    limit_train: int | None = None
+    depth: int = 3
+    target_modules: Any = None
+    exclude_modules: Any = None
+    init: str = "default"
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    decay: str = "all"
+    epochs: int = 10
+    batch_size: int = 128
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"`{name}` {why}, got {getattr(self, name)!r}")
+
+        if not isinstance(self.depth, int) or self.depth < 1:
+            bad("depth", "must be an int >= 1")
+        if self.epochs < 0:
+            bad("epochs", "must be >= 0")
+        if self.batch_size < 1:
+            bad("batch_size", "must be >= 1")
+        if self.lr <= 0:
+            bad("lr", "must be > 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"must be one of {OPTIMIZERS}")
+        if self.scheduler not in SCHEDULERS:
+            bad("scheduler", f"must be one of {SCHEDULERS}")
+        if self.decay not in ("all", "weights", "factors"):
+            bad("decay", "must be 'all', 'weights' or 'factors'")
+        if self.init not in ("default", "preserve"):
+            bad("init", "must be 'default' or 'preserve'")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            bad("label_smoothing", "must be in [0, 1)")
+        if self.val_size < 0:
+            bad("val_size", "must be >= 0")
+        if self.limit_train is not None and self.limit_train < 1:
+            bad("limit_train", "must be >= 1 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; unknown keys raise (they are usually typos)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read ``config.json``.
+
+        Raises:
+            FileNotFoundError / ValueError: missing or invalid file (named).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config at {path}; is this a folder written by `lorita train`?")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+
+    def resolved_data_dir(self) -> str:
+        return self.data_dir if self.data_dir is not None else f"data/{self.dataset}"

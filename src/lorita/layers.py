@@ -1,0 +1,556 @@
+"""Layer classes: the depth-N training form and the two-layer low-rank inference form.
+
+Training form (LoRITa, arXiv 2405.03089, §2 and the authors' ``arch/*.py``):
+
+* :class:`FactorizedLinear` — ``depth − 1`` square, bias-free ``in×in`` factors, then one
+  ``in→out`` factor carrying the bias: ``y = F_N ⋯ F_1 x + b``.
+* :class:`FactorizedConv2d` — the original ``k×k`` conv (stride, padding, dilation kept), then
+  ``depth − 1`` square ``1×1`` channel-mixing factors ``(C_out, C_out)``, bias on the last.
+
+Inference form (paper §2.9, "deployable", never realized by the authors' code):
+
+* :class:`LowRankLinear` — ``Linear(in, r, bias=False)`` then ``Linear(r, out)``.
+* :class:`LowRankConv2d` — ``k×k`` conv with ``r`` filters (original stride/padding/dilation)
+  then a ``1×1`` conv ``r → C_out`` with the bias.
+
+Each class converts from and to the plain layer (``from_dense`` / ``to_dense``); the math lives
+in :mod:`lorita.linalg`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lorita import linalg
+
+__all__ = [
+    "FactorizedLinear",
+    "FactorizedConv2d",
+    "LowRankLinear",
+    "LowRankConv2d",
+    "ForwardMode",
+    "Init",
+]
+
+ForwardMode = Literal["auto", "chain", "merged"]
+Init = Literal["default", "preserve"]
+_FORWARD_MODES = ("auto", "chain", "merged")
+_INITS = ("default", "preserve")
+
+
+def _check_depth(depth: int) -> None:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"`depth` must be an int >= 1, got {depth!r}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in _FORWARD_MODES:
+        raise ValueError(f"`forward_mode` must be one of {_FORWARD_MODES}, got {mode!r}")
+
+
+def _check_init(init: str) -> None:
+    if init not in _INITS:
+        raise ValueError(f"`init` must be one of {_INITS}, got {init!r}")
+
+
+def _product_macs(shapes: list[tuple[int, int]]) -> int:
+    """MACs of multiplying a chain of matrices in the best of the two linear orders."""
+    # shapes are (rows, cols) of F_N, ..., F_1 (left to right).
+    left = 0
+    rows, cols = shapes[0]
+    for r, c in shapes[1:]:
+        left += rows * cols * c
+        cols = c
+    right = 0
+    rows, cols = shapes[-1]
+    for r, c in reversed(shapes[:-1]):
+        right += r * c * cols
+        rows = r
+    return min(left, right)
+
+
+class FactorizedLinear(nn.Module):
+    """``nn.Linear`` over-parameterized as ``depth`` linear factors (LoRITa training form).
+
+    Parameters: ``factors[0..depth-2]`` of shape ``(in, in)`` (bias-free), ``factors[depth-1]`` of
+    shape ``(out, in)``, and ``bias`` ``(out,)`` or ``None``. The effective weight is
+    ``W = factors[-1] @ ⋯ @ factors[0]`` (paper §2.1). Plain weight decay on the factors is, at
+    the optimum, ``depth · Σ σ_j(W)^{2/depth}`` (paper §3).
+
+    ``forward_mode``: ``"chain"`` applies the factors one after another (cost grows with the
+    batch), ``"merged"`` first multiplies the factors then runs one matmul (cost independent of
+    the batch), ``"auto"`` picks the cheaper by MAC count for the actual input shape. Both give
+    the same output and exact gradients (autograd through the product).
+
+    Input ``(*, in)``, output ``(*, out)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        depth: int = 2,
+        bias: bool = True,
+        forward_mode: ForwardMode = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_depth(depth)
+        _check_mode(forward_mode)
+        kw = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.depth = depth
+        self.forward_mode = forward_mode
+        shapes = [(in_features, in_features)] * (depth - 1) + [(out_features, in_features)]
+        self.factors = nn.ParameterList([nn.Parameter(torch.empty(s, **kw)) for s in shapes])
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default ``nn.Linear`` init for every factor (the paper's init, §2.6)."""
+        for f in self.factors:
+            nn.init.kaiming_uniform_(f, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    # -- math ---------------------------------------------------------------------------------
+    def merged_weight(self) -> Tensor:
+        """Exact merged weight ``(out, in)``, accumulated in float64 (see :func:`linalg.merge_factors`)."""
+        return linalg.merge_factors(list(self.factors))
+
+    def _product(self) -> Tensor:
+        fs = list(self.factors)
+        if len(fs) == 1:
+            return fs[0]
+        return torch.linalg.multi_dot(fs[::-1])
+
+    def mode_for(self, rows: int) -> str:
+        """``"chain"`` or ``"merged"``: the cheaper forward for ``rows`` input vectors (by MACs)."""
+        if self.forward_mode != "auto":
+            return self.forward_mode
+        n, m, d = self.in_features, self.out_features, self.depth
+        chain = rows * (n * n * (d - 1) + n * m)
+        shapes = [(m, n)] + [(n, n)] * (d - 1)
+        merged = (_product_macs(shapes) if d > 1 else 0) + rows * n * m
+        return "merged" if merged < chain else "chain"
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // max(self.in_features, 1)
+        if self.depth == 1 or self.mode_for(rows) == "merged":
+            return F.linear(x, self._product(), self.bias)
+        for f in list(self.factors)[:-1]:
+            x = F.linear(x, f)
+        return F.linear(x, self.factors[-1], self.bias)
+
+    # -- conversions ----------------------------------------------------------------------------
+    @classmethod
+    def from_dense(
+        cls, linear: nn.Linear, depth: int, init: Init = "default", forward_mode: ForwardMode = "auto"
+    ) -> FactorizedLinear:
+        """Build the depth-N form of ``linear``.
+
+        Args:
+            linear: the dense layer; its weight ``(out, in)``, dtype and device are used.
+            depth: number of factors N (>= 1).
+            init: ``"default"`` — fresh PyTorch default init of every factor, as in the paper
+                (the bias is copied); ``"preserve"`` — ``F_1 = ⋯ = F_{N-1} = I`` and
+                ``F_N = W``, so the layer computes exactly what ``linear`` did.
+            forward_mode: see the class docstring.
+
+        Raises:
+            ValueError: bad ``depth``, ``init`` or ``forward_mode``.
+        """
+        _check_depth(depth)
+        _check_init(init)
+        w = linear.weight
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            depth=depth,
+            bias=linear.bias is not None,
+            forward_mode=forward_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            if init == "preserve":
+                for f in list(layer.factors)[:-1]:
+                    f.copy_(torch.eye(linear.in_features, dtype=w.dtype, device=w.device))
+                layer.factors[-1].copy_(w)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.requires_grad_(w.requires_grad)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """Merge: a plain ``nn.Linear`` with ``weight = F_N ⋯ F_1`` and the same bias."""
+        w = self.factors[-1]
+        dense = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype
+        )
+        with torch.no_grad():
+            merged = self.merged_weight()
+            linalg.ensure_finite(merged, "merged weight")
+            dense.weight.copy_(merged)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        dense.requires_grad_(w.requires_grad)
+        return dense
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, depth={self.depth}, "
+            f"bias={self.bias is not None}, forward_mode={self.forward_mode!r}"
+        )
+
+
+class FactorizedConv2d(nn.Module):
+    """``nn.Conv2d`` (groups=1) over-parameterized as a k×k conv then ``depth−1`` 1×1 factors.
+
+    Parameters: ``factors[0]`` ``(C_out, C_in, k_h, k_w)`` — the spatial conv, with the original
+    stride, padding, dilation and padding mode; ``factors[1..depth-1]`` ``(C_out, C_out)`` — the
+    1×1 channel-mixing factors; ``bias`` ``(C_out,)`` or ``None`` (added after the last factor).
+    Effective weight: ``unmatricize(F_N ⋯ F_2 · matricize(F_1))`` (paper §2.2).
+
+    ``forward_mode`` as for :class:`FactorizedLinear`; for convolutions ``"merged"`` is nearly
+    always cheaper (the factor product is tiny next to the activations), which is what
+    ``"auto"`` finds. Input ``(B, C_in, H, W)``, output ``(B, C_out, H_out, W_out)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        depth: int = 2,
+        forward_mode: ForwardMode = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_depth(depth)
+        _check_mode(forward_mode)
+        kw = {"device": device, "dtype": dtype}
+        # Reuse nn.Conv2d's argument normalization and padding logic through a template layer.
+        template = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, 1, False, padding_mode,
+            device="meta",
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = template.kernel_size
+        self.stride = template.stride
+        self.padding = template.padding
+        self.dilation = template.dilation
+        self.padding_mode = padding_mode
+        self._reversed_padding_repeated_twice = template._reversed_padding_repeated_twice
+        self.depth = depth
+        self.forward_mode = forward_mode
+        first = (out_channels, in_channels, *self.kernel_size)
+        shapes = [first] + [(out_channels, out_channels)] * (depth - 1)
+        self.factors = nn.ParameterList([nn.Parameter(torch.empty(s, **kw)) for s in shapes])
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default ``nn.Conv2d`` init for each factor (1×1 factors: fan-in ``C_out``)."""
+        for f in self.factors:
+            nn.init.kaiming_uniform_(f, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * math.prod(self.kernel_size)
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def merged_weight(self) -> Tensor:
+        """Exact merged kernel ``(C_out, C_in, k_h, k_w)`` (float64 accumulation)."""
+        mat = linalg.merge_factors(list(self.factors))
+        return linalg.unmatricize(mat, self.factors[0].shape)
+
+    def _product(self) -> Tensor:
+        fs = list(self.factors)
+        if len(fs) == 1:
+            return fs[0]
+        mats = fs[1:][::-1] + [linalg.matricize(fs[0])]
+        return torch.linalg.multi_dot(mats).reshape(fs[0].shape)
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+    def mode_for(self, positions: int) -> str:
+        """``"chain"`` or ``"merged"``, the cheaper for ``positions`` = batch·H_out·W_out (MACs)."""
+        if self.forward_mode != "auto":
+            return self.forward_mode
+        c, d = self.out_channels, self.depth
+        n = self.in_channels * math.prod(self.kernel_size)
+        chain = positions * (n * c + (d - 1) * c * c)
+        shapes = [(c, c)] * (d - 1) + [(c, n)]
+        merged = (_product_macs(shapes) if d > 1 else 0) + positions * n * c
+        return "merged" if merged < chain else "chain"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.depth == 1:
+            return self._conv(x, self.factors[0], self.bias)
+        # Output positions, without running the conv: standard conv arithmetic.
+        positions = x.shape[0] if x.dim() == 4 else 1
+        for i, size in enumerate(x.shape[-2:]):
+            k, s, dl = self.kernel_size[i], self.stride[i], self.dilation[i]
+            if self.padding == "same":
+                positions *= size
+                continue
+            p = 0 if self.padding == "valid" else self.padding[i]
+            positions *= max(1, (size + 2 * p - dl * (k - 1) - 1) // s + 1)
+        if self.mode_for(positions) == "merged":
+            return self._conv(x, self._product(), self.bias)
+        y = self._conv(x, self.factors[0], None)
+        fs = list(self.factors)[1:]
+        for i, f in enumerate(fs):
+            b = self.bias if i == len(fs) - 1 else None
+            y = F.conv2d(y, f[:, :, None, None], b)
+        return y
+
+    @classmethod
+    def from_dense(
+        cls, conv: nn.Conv2d, depth: int, init: Init = "default", forward_mode: ForwardMode = "auto"
+    ) -> FactorizedConv2d:
+        """Build the depth-N form of ``conv`` (groups must be 1).
+
+        Args:
+            conv: the dense conv; weight ``(C_out, C_in, k_h, k_w)``.
+            depth: number of factors N (>= 1).
+            init: ``"default"`` (fresh default init, bias copied; the paper's) or ``"preserve"``
+                (``F_1 = W``, 1×1 factors ``= I``: computes exactly what ``conv`` did).
+            forward_mode: see the class docstring.
+
+        Raises:
+            ValueError: ``groups != 1``, bad ``depth``/``init``/``forward_mode``.
+        """
+        _check_depth(depth)
+        _check_init(init)
+        if conv.groups != 1:
+            raise ValueError(
+                f"Conv2d with groups={conv.groups} is not supported (only groups=1); exclude the layer"
+            )
+        w = conv.weight
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            depth=depth,
+            forward_mode=forward_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            if init == "preserve":
+                layer.factors[0].copy_(w)
+                for f in list(layer.factors)[1:]:
+                    f.copy_(torch.eye(conv.out_channels, dtype=w.dtype, device=w.device))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        layer.requires_grad_(w.requires_grad)
+        return layer
+
+    def to_dense(self) -> nn.Conv2d:
+        """Merge: a plain ``nn.Conv2d`` with the merged kernel and the same hyper-parameters."""
+        w = self.factors[0]
+        dense = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            1,
+            self.bias is not None,
+            self.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            merged = self.merged_weight()
+            linalg.ensure_finite(merged, "merged weight")
+            dense.weight.copy_(merged)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        dense.requires_grad_(w.requires_grad)
+        return dense
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, "
+            f"depth={self.depth}, forward_mode={self.forward_mode!r}"
+        )
+
+
+class LowRankLinear(nn.Module):
+    """Rank-r linear map as two thin layers: ``second(first(x))``.
+
+    ``first = Linear(in, rank, bias=False)`` (weight ``diag(√S_r) Vh_r``), ``second =
+    Linear(rank, out)`` (weight ``U_r diag(√S_r)``, the original bias). Params ``rank·(in+out)``
+    (+ bias), MACs per input vector ``rank·(in+out)`` (paper §2.9).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"`rank` must be an int >= 1, got {rank!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, rank: int, name: str = "linear") -> LowRankLinear:
+        """Best rank-``rank`` split of ``linear`` (Eckart–Young); ``name`` is used in errors.
+
+        Raises:
+            ValueError: rank outside ``[1, min(out, in)]`` or a non-finite weight.
+        """
+        w = linear.weight
+        a, b = linalg.split_low_rank(w.detach(), rank, name=name)
+        layer = cls(
+            linear.in_features, linear.out_features, rank, linear.bias is not None, w.device, w.dtype
+        )
+        with torch.no_grad():
+            layer.first.weight.copy_(a)
+            layer.second.weight.copy_(b)
+            if linear.bias is not None:
+                layer.second.bias.copy_(linear.bias)
+        layer.requires_grad_(w.requires_grad)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ``weight = second.weight @ first.weight``."""
+        w = self.second.weight
+        dense = nn.Linear(
+            self.in_features, self.out_features, self.second.bias is not None, device=w.device, dtype=w.dtype
+        )
+        with torch.no_grad():
+            dense.weight.copy_(linalg.merge_factors([self.first.weight, self.second.weight]))
+            if self.second.bias is not None:
+                dense.bias.copy_(self.second.bias)
+        dense.requires_grad_(w.requires_grad)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class LowRankConv2d(nn.Module):
+    """Rank-r convolution as a k×k conv with ``rank`` filters then a 1×1 conv to ``C_out``.
+
+    ``first = Conv2d(C_in, rank, k, stride, padding, dilation, bias=False)`` (weight
+    ``diag(√S_r) Vh_r`` reshaped to ``(rank, C_in, k_h, k_w)``), ``second = Conv2d(rank, C_out, 1)``
+    (weight ``U_r diag(√S_r)``, the original bias). MACs per output position
+    ``rank·(C_in·k_h·k_w + C_out)`` vs ``C_out·C_in·k_h·k_w`` dense (paper §2.9).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        rank: int,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"`rank` must be an int >= 1, got {rank!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.rank = rank
+        self.first = nn.Conv2d(
+            in_channels, rank, kernel_size, stride, padding, dilation, 1, False, padding_mode,
+            device=device, dtype=dtype,
+        )
+        self.second = nn.Conv2d(rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, rank: int, name: str = "conv") -> LowRankConv2d:
+        """Best rank-``rank`` split of ``conv`` (groups=1; weight matricized ``(C_out, C_in·k·k)``).
+
+        Raises:
+            ValueError: ``groups != 1``, rank outside ``[1, min(C_out, C_in·k·k)]``, non-finite weight.
+        """
+        if conv.groups != 1:
+            raise ValueError(f"`{name}`: Conv2d with groups={conv.groups} cannot be split; exclude it")
+        w = conv.weight
+        a, b = linalg.split_low_rank(w.detach(), rank, name=name)
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, rank, conv.stride, conv.padding,
+            conv.dilation, conv.bias is not None, conv.padding_mode, device=w.device, dtype=w.dtype,
+        )
+        with torch.no_grad():
+            layer.first.weight.copy_(a)
+            layer.second.weight.copy_(b)
+            if conv.bias is not None:
+                layer.second.bias.copy_(conv.bias)
+        layer.requires_grad_(w.requires_grad)
+        return layer
+
+    def to_dense(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` whose kernel is the product of the two thin convs."""
+        f, s = self.first, self.second
+        dense = nn.Conv2d(
+            self.in_channels, self.out_channels, f.kernel_size, f.stride, f.padding, f.dilation, 1,
+            s.bias is not None, f.padding_mode, device=s.weight.device, dtype=s.weight.dtype,
+        )
+        with torch.no_grad():
+            mat = linalg.merge_factors([f.weight, s.weight])
+            dense.weight.copy_(linalg.unmatricize(mat, dense.weight.shape))
+            if s.bias is not None:
+                dense.bias.copy_(s.bias)
+        dense.requires_grad_(s.weight.requires_grad)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, rank={self.rank}"

@@ -1,0 +1,377 @@
+"""End-to-end runs behind the CLI: train, compress, sweep (files in, files out).
+
+Layout of a training folder written by :func:`train_run`::
+
+    config.json         TrainConfig (rebuilds the model)
+    metrics.jsonl       one JSON line per epoch: train loss/acc, val loss/acc, lr, seconds
+    model.safetensors   final weights in training form (factorized) + lorita manifest
+    resume.pt           last epoch's model/optimizer/scheduler state (for --resume)
+    summary.json        final val accuracy, params, wall time
+
+Selection rules: nothing is chosen on the test split; test accuracy is only reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorita import io, linalg
+from lorita.config import TrainConfig
+from lorita.counting import count_macs, count_params
+from lorita.data import DataSplits, TensorLoader, load_dataset
+from lorita.engine import evaluate, make_optimizer, make_scheduler, train_one_epoch
+from lorita.models import build_model, default_targets
+from lorita.optim import param_groups
+from lorita.rank import parse_policy, select_ranks
+from lorita.surgery import factorize, merge, to_low_rank, weight_layers
+
+__all__ = [
+    "seed_everything",
+    "load_data",
+    "make_loaders",
+    "build_training_model",
+    "train_run",
+    "load_run",
+    "LoadedRun",
+    "evaluate_point",
+    "compress_run",
+    "sweep_run",
+    "targeted_weight_params",
+    "DEFAULT_POINTS",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POINTS: dict[str, list[float]] = {
+    "energy": [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999],
+    "ratio": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
+    "global": [0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.0],
+    "params": [0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5],
+    "macs": [0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5],
+}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch RNGs (explicit; lorita never seeds behind your back)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: TrainConfig) -> DataSplits:
+    """Load ``cfg.dataset`` from ``cfg.resolved_data_dir()`` with the fixed validation split."""
+    data = load_dataset(
+        cfg.dataset, cfg.resolved_data_dir(), val_size=cfg.val_size, split_seed=cfg.split_seed, verify=cfg.verify
+    )
+    if cfg.limit_train is not None:
+        data.train_x, data.train_y = data.train_x[: cfg.limit_train], data.train_y[: cfg.limit_train]
+    return data
+
+
+def make_loaders(
+    data: DataSplits, cfg: TrainConfig, eval_batch: int = 1000, rank: int = 0, world_size: int = 1
+) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+    """(train, val, test) loaders; the train loader shuffles with ``cfg.seed`` (sharded for DDP)."""
+    from lorita import data as data_mod
+
+    train_tf = data_mod.make_transform(data, train=True, augment=cfg.augment)
+    eval_tf = data_mod.make_transform(data, train=False, augment=False)
+    train = TensorLoader(
+        data.train_x, data.train_y, cfg.batch_size, train_tf, shuffle=True, drop_last=False,
+        seed=cfg.seed, rank=rank, world_size=world_size,
+    )
+    val = TensorLoader(data.val_x, data.val_y, eval_batch, eval_tf)
+    test = TensorLoader(data.test_x, data.test_y, eval_batch, eval_tf)
+    return train, val, test
+
+
+def _targets(cfg: TrainConfig) -> tuple[Any, Any]:
+    t, x = default_targets(cfg.model)
+    return (cfg.target_modules if cfg.target_modules is not None else t,
+            cfg.exclude_modules if cfg.exclude_modules is not None else x)
+
+
+def _model_kwargs(cfg: TrainConfig, data: DataSplits | None) -> dict[str, Any]:
+    kw = dict(cfg.model_kwargs)
+    if data is not None:
+        kw.setdefault("num_classes", data.num_classes)
+        if cfg.model == "fcn":
+            kw.setdefault("in_features", math.prod(data.input_shape))
+    return kw
+
+
+def build_training_model(cfg: TrainConfig, data: DataSplits | None = None) -> nn.Module:
+    """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets."""
+    model = build_model(cfg.model, **_model_kwargs(cfg, data))
+    t, x = _targets(cfg)
+    return factorize(model, depth=cfg.depth, target_modules=t, exclude_modules=x, init=cfg.init, inplace=True)
+
+
+def _loss_fn(cfg: TrainConfig):
+    if cfg.label_smoothing:
+        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    return F.cross_entropy
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    io.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_run(
+    cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Train ``cfg`` and write the folder described in the module docstring.
+
+    Args:
+        cfg: the run configuration.
+        out_dir: output folder (created).
+        progress: show tqdm bars.
+        resume: continue from ``out_dir/resume.pt`` if present (same config required).
+
+    Returns:
+        The summary dict also written to ``summary.json``.
+
+    Raises:
+        ValueError: resuming with a different config; data errors from the loaders.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / "config.json").is_file():
+        old = TrainConfig.load(out / "config.json")
+        if old.to_dict() != cfg.to_dict():
+            diff = {k: (v, cfg.to_dict()[k]) for k, v in old.to_dict().items() if cfg.to_dict()[k] != v}
+            raise ValueError(f"--resume with a different config than {out / 'config.json'}: {diff}")
+    seed_everything(cfg.seed)
+    data = load_data(cfg)
+    train, val, _ = make_loaders(data, cfg)
+    model = build_training_model(cfg, data).to(cfg.device)
+    opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, cfg.decay), cfg.lr, cfg.momentum)
+    steps = cfg.epochs * len(train)
+    sched = make_scheduler(cfg.scheduler, opt, steps, int(cfg.warmup_epochs * len(train)))
+    amp_dtype = torch.bfloat16 if cfg.amp and cfg.device.startswith("cuda") else None
+    loss_fn = _loss_fn(cfg)
+    start_epoch, history = 0, []
+    elapsed = 0.0
+    if resume and (out / "resume.pt").is_file():
+        state = torch.load(out / "resume.pt", map_location=cfg.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, elapsed = int(state["epoch"]) + 1, float(state.get("elapsed", 0.0))
+        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        history = history[:start_epoch]
+        logger.info("resuming %s at epoch %d", out, start_epoch)
+    _write_json(out / "config.json", cfg.to_dict())
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train.set_epoch(epoch)
+        tr = train_one_epoch(
+            model, train, opt, cfg.device, loss_fn, sched, progress=progress,
+            desc=f"epoch {epoch + 1}/{cfg.epochs} (depth {cfg.depth})", amp_dtype=amp_dtype,
+        )
+        va = evaluate(model, val, cfg.device) if len(data.val_y) else {"loss": float("nan"), "acc": float("nan")}
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        row = {
+            "epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
+            "val_acc": va["acc"], "lr": opt.param_groups[0]["lr"], "seconds": dt,
+        }
+        history.append(row)
+        logger.info("epoch %d: train %.4f/%.4f val %.4f", epoch + 1, tr["loss"], tr["acc"], va["acc"])
+        io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        _atomic_torch_save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": epoch, "elapsed": elapsed},
+            out / "resume.pt",
+        )
+    model_cpu = model.to("cpu")
+    io.save(model_cpu, out / "model.safetensors", metadata={"config": cfg.to_dict()})
+    final_val = history[-1]["val_acc"] if history else evaluate(model_cpu, val)["acc"]
+    summary = {
+        "depth": cfg.depth,
+        "weight_decay": cfg.weight_decay,
+        "epochs": cfg.epochs,
+        "val_acc": final_val,
+        "train_params": count_params(model_cpu).total_params,
+        "wall_seconds": elapsed,
+    }
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, merged: ``dense`` has the reference architecture."""
+
+    cfg: TrainConfig
+    data: DataSplits
+    dense: nn.Module
+    val: TensorLoader
+    test: TensorLoader
+    example_inputs: torch.Tensor
+    targets: tuple[Any, Any]
+
+
+def load_run(run_dir: str | Path, data_dir: str | None = None, data: DataSplits | None = None) -> LoadedRun:
+    """Rebuild, load and merge a training folder.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or mismatched files (named).
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist; pass a folder written by `lorita train`")
+    cfg = TrainConfig.load(run / "config.json")
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    data = data if data is not None else load_data(cfg)
+    model = build_model(cfg.model, **_model_kwargs(cfg, data))
+    model = io.load(model, run / "model.safetensors")
+    dense = merge(model).eval()
+    _, val, test = make_loaders(data, cfg)
+    example = torch.zeros((1, *data.input_shape))
+    return LoadedRun(cfg, data, dense, val, test, example, _targets(cfg))
+
+
+def targeted_weight_params(model: nn.Module, targets: tuple[Any, Any]) -> int:
+    """Weight params (no bias) of the targeted layers in their current form."""
+    total = 0
+    for _, mod in weight_layers(model, *targets):
+        if hasattr(mod, "first"):
+            total += mod.first.weight.numel() + mod.second.weight.numel()
+        elif hasattr(mod, "factors"):
+            total += sum(f.numel() for f in mod.factors)
+        else:
+            total += mod.weight.numel()
+    return total
+
+
+def evaluate_point(
+    run: LoadedRun, ranks: dict[str, int] | None, label: str, with_test: bool = True
+) -> tuple[dict[str, Any], nn.Module]:
+    """Accuracy and costs of the low-rank model at ``ranks`` (None: the dense model).
+
+    Returns:
+        (row dict, the low-rank model). Row keys: label, val_acc, test_acc, params, macs,
+        weight_params, weight_params_frac, params_frac, macs_frac, ranks.
+    """
+    model = run.dense if ranks is None else to_low_rank(run.dense, ranks)
+    dense_cost = count_macs(run.dense, run.example_inputs)
+    cost = dense_cost if ranks is None else count_macs(model, run.example_inputs)
+    dense_w = targeted_weight_params(run.dense, run.targets)
+    w = dense_w
+    if ranks is not None:
+        w = 0
+        for fqn, mod in weight_layers(run.dense, *run.targets):
+            wt = mod.weight
+            m, n = wt.shape[0], wt[0].numel()
+            r = ranks.get(fqn, min(m, n))
+            w += linalg.low_rank_params(m, n, r) if linalg.worth_splitting(m, n, r) else m * n
+    row = {
+        "label": label,
+        "val_acc": evaluate(model, run.val)["acc"],
+        "test_acc": evaluate(model, run.test)["acc"] if with_test else None,
+        "params": cost.total_params,
+        "macs": cost.total_macs,
+        "weight_params": w,
+        "weight_params_frac": w / dense_w,
+        "params_frac": cost.total_params / dense_cost.total_params,
+        "macs_frac": cost.total_macs / dense_cost.total_macs,
+        "ranks": ranks,
+    }
+    return row, model
+
+
+def compress_run(
+    run_dir: str | Path, policy: str, out_dir: str | Path, data_dir: str | None = None
+) -> dict[str, Any]:
+    """One-shot compression of a trained run with a policy string (``energy:0.99`` ...).
+
+    Writes ``merged.safetensors`` (dense, loads into the plain model class), ``ranks.json``,
+    ``low_rank.safetensors`` (+ manifest), ``report.json`` and ``report.md`` to ``out_dir``.
+    """
+    run = load_run(run_dir, data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pol = parse_policy(policy, example_inputs=run.example_inputs)
+    ranks = select_ranks(run.dense, pol, *run.targets)
+    dense_row, _ = evaluate_point(run, None, "dense (merged)")
+    low_row, low = evaluate_point(run, ranks, f"low-rank ({policy})")
+    io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir)})
+    io.save(low, out / "low_rank.safetensors", metadata={"run": str(run_dir), "policy": policy})
+    _write_json(out / "ranks.json", ranks)
+    layers = count_macs(low, run.example_inputs)
+    report = {"run": str(run_dir), "policy": policy, "dense": dense_row, "low_rank": low_row,
+              "layers": layers.to_dict()}
+    _write_json(out / "report.json", report)
+    from lorita.report import compress_markdown
+
+    io.atomic_write_text(out / "report.md", compress_markdown(report, layers.table()))
+    return report
+
+
+def sweep_run(
+    run_dir: str | Path,
+    policy_kind: str,
+    points: Sequence[float] | None,
+    out_dir: str | Path,
+    data_dir: str | None = None,
+    progress: bool = True,
+    run: LoadedRun | None = None,
+) -> dict[str, Any]:
+    """Accuracy vs cost for many points of one policy kind from one trained model.
+
+    Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    if policy_kind not in DEFAULT_POINTS and policy_kind != "rank":
+        raise ValueError(f"unknown policy kind {policy_kind!r}; choose one of {sorted(DEFAULT_POINTS) + ['rank']}")
+    pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
+    if not pts:
+        raise ValueError(f"give --points for policy {policy_kind!r}")
+    run = run or load_run(run_dir, data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dense_row, _ = evaluate_point(run, None, "dense")
+    rows = []
+    for p in tqdm(pts, desc=f"sweep {policy_kind}", disable=not progress, leave=False):
+        text = f"{policy_kind}:{int(p) if policy_kind == 'rank' else p}"
+        pol = parse_policy(text, example_inputs=run.example_inputs)
+        try:
+            ranks = select_ranks(run.dense, pol, *run.targets)
+        except ValueError as exc:  # an infeasible budget is a point we cannot reach, not a crash
+            logger.warning("sweep: %s skipped: %s", text, exc)
+            continue
+        row, _ = evaluate_point(run, ranks, text)
+        row["point"] = p
+        rows.append(row)
+    result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
+              "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows}
+    _write_json(out / "sweep.json", result)
+    from lorita.plots import plot_sweeps
+    from lorita.report import sweep_markdown
+
+    io.atomic_write_text(out / "sweep.md", sweep_markdown(result))
+    plot_sweeps([result], out / "sweep.png", labels=[f"depth {run.cfg.depth}"])
+    return result

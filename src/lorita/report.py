@@ -1,0 +1,90 @@
+"""Markdown reports for compress / sweep / report / demo outputs (pure string building)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["compress_markdown", "sweep_markdown", "side_by_side", "pct"]
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _row(r: Mapping[str, Any]) -> str:
+    return (
+        f"| {r['label']} | {pct(r['val_acc'])} | {pct(r.get('test_acc'))} | {r['weight_params']:,} | "
+        f"{pct(r['weight_params_frac'], 1)} | {r['params']:,} | {r['macs']:,} | {pct(r['macs_frac'], 1)} |"
+    )
+
+
+_HEAD = (
+    "| model | val acc % | test acc % | weight params (targeted) | % of dense | params (all) | MACs/sample | "
+    "% MACs |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def compress_markdown(report: Mapping[str, Any], layer_table: str) -> str:
+    """Report of one ``lorita compress`` call."""
+    ranks = report["low_rank"]["ranks"] or {}
+    lines = [
+        f"# lorita compress — `{report['policy']}`",
+        "",
+        f"Run: `{report['run']}`. Ranks chosen on spectra only; validation and test accuracy reported "
+        f"(nothing selected on test). MACs are per sample; FLOPs = 2·MACs.",
+        "",
+        _HEAD,
+        _row(report["dense"]),
+        _row(report["low_rank"]),
+        "",
+        "## Ranks",
+        "",
+        "| layer | rank |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in ranks.items()],
+        "",
+        "## Low-rank model, per layer",
+        "",
+        layer_table,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def sweep_markdown(result: Mapping[str, Any]) -> str:
+    """Table of one sweep (dense row first)."""
+    lines = [
+        f"# Sweep `{result['policy']}` — depth {result['depth']}, weight decay {result['weight_decay']:g}",
+        "",
+        f"Run: `{result['run']}`. MACs per sample. Test accuracy is reported, never used for selection.",
+        "",
+        _HEAD,
+        _row(result["dense"]),
+        *[_row(r) for r in result["points"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def side_by_side(sweeps: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
+    """One row per sweep point (matched by ``point``): test accuracy and drop of each run."""
+    head = "| budget | " + " | ".join(f"{lb} test % (drop) | {lb} weight params" for lb in labels) + " |"
+    sep = "|---:|" + "---:|---:|" * len(labels)
+    pts = sorted({r["point"] for s in sweeps for r in s["points"]})
+    lines = [head, sep]
+    dense = "| dense | " + " | ".join(
+        f"{pct(s['dense']['test_acc'])} | {s['dense']['weight_params']:,}" for s in sweeps
+    ) + " |"
+    lines.append(dense)
+    for p in pts:
+        cells = []
+        for s in sweeps:
+            r = next((r for r in s["points"] if r["point"] == p), None)
+            if r is None:
+                cells.append("– | –")
+                continue
+            drop = 100 * (s["dense"]["test_acc"] - r["test_acc"])
+            cells.append(f"{pct(r['test_acc'])} ({drop:+.2f}) | {r['weight_params']:,}")
+        lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,341 @@
+"""Model surgery: factorize, merge, truncate, to_low_rank (LoRITa, arXiv 2405.03089, §2).
+
+Every function follows one rule: it returns the model; with ``inplace=False`` (the default) it
+works on a deep copy and leaves the input untouched; it builds every replacement before swapping
+any, so on an error the model (copy or not) is never half-modified. Errors name the layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from lorita import linalg
+from lorita.layers import (
+    FactorizedConv2d,
+    FactorizedLinear,
+    ForwardMode,
+    Init,
+    LowRankConv2d,
+    LowRankLinear,
+)
+from lorita.targeting import TargetPlan, Targets, find_targets
+
+__all__ = [
+    "factorize",
+    "factorize_plan",
+    "merge",
+    "truncate",
+    "to_low_rank",
+    "singular_values",
+    "effective_weight",
+    "weight_layers",
+    "FACTORIZED_TYPES",
+    "LOW_RANK_TYPES",
+]
+
+logger = logging.getLogger(__name__)
+
+FACTORIZED_TYPES: tuple[type, ...] = (FactorizedLinear, FactorizedConv2d)
+LOW_RANK_TYPES: tuple[type, ...] = (LowRankLinear, LowRankConv2d)
+DENSE_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv2d)
+
+
+def _ok(_: nn.Module) -> str | None:
+    return None
+
+
+def _conv_ok(m: nn.Module) -> str | None:
+    if m.groups != 1:
+        return f"Conv2d with groups={m.groups}: only groups=1 is supported"
+    return None
+
+
+def _already(m: nn.Module) -> str | None:
+    return f"already factorized (depth={m.depth})"
+
+
+def _is_low_rank(m: nn.Module) -> str | None:
+    return f"already low-rank (rank={m.rank}); merge it first"
+
+
+_FACTORIZE_KINDS: dict[type, Callable[[nn.Module], str | None]] = {
+    nn.Linear: _ok,
+    nn.Conv2d: _conv_ok,
+    FactorizedLinear: _already,
+    FactorizedConv2d: _already,
+    LowRankLinear: _is_low_rank,
+    LowRankConv2d: _is_low_rank,
+}
+_WEIGHT_KINDS: dict[type, Callable[[nn.Module], str | None]] = {
+    nn.Linear: _ok,
+    nn.Conv2d: _conv_ok,
+    FactorizedLinear: _ok,
+    FactorizedConv2d: _ok,
+    LowRankLinear: _ok,
+    LowRankConv2d: _ok,
+}
+_FACTORIZE = {nn.Linear: FactorizedLinear, nn.Conv2d: FactorizedConv2d}
+_SPLIT = {nn.Linear: LowRankLinear, nn.Conv2d: LowRankConv2d}
+
+
+def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _swap_all(model: nn.Module, replacements: Mapping[str, nn.Module]) -> None:
+    for fqn, new in replacements.items():
+        _set_module(model, fqn, new)
+
+
+def _work_copy(model: nn.Module, inplace: bool) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    return model if inplace else copy.deepcopy(model)
+
+
+def factorize_plan(
+    model: nn.Module,
+    target_modules: Targets = None,
+    exclude_modules: Targets = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+) -> TargetPlan:
+    """Which layers :func:`factorize` would replace, and which it would skip and why."""
+    return find_targets(
+        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what="Linear/Conv2d layers"
+    )
+
+
+def factorize(
+    model: nn.Module,
+    depth: int = 3,
+    target_modules: Targets = None,
+    exclude_modules: Targets = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    init: Init = "default",
+    forward_mode: ForwardMode = "auto",
+    inplace: bool = False,
+) -> nn.Module:
+    """Replace each targeted ``nn.Linear`` / ``nn.Conv2d`` by its depth-N training form.
+
+    Linear → :class:`FactorizedLinear` (N−1 square ``in×in`` bias-free factors, then ``in→out``
+    with the bias); Conv2d (groups=1) → :class:`FactorizedConv2d` (the k×k conv, then N−1 square
+    1×1 factors, bias on the last). LoRITa, arXiv 2405.03089, §2 / official ``arch/*.py``.
+
+    Args:
+        model: any ``nn.Module``.
+        depth: N, the number of factors per layer (>= 1). ``depth=1`` returns the model
+            unchanged (a copy unless ``inplace``).
+        target_modules, exclude_modules, filter_fn: which layers (see :mod:`lorita.targeting`).
+        init: ``"default"`` — each factor gets PyTorch's default init (the paper's; train from
+            scratch); ``"preserve"`` — identity factors so the model computes exactly what it did
+            (for a pretrained model).
+        forward_mode: ``"auto"`` (cheaper of chain/merged by MACs), ``"chain"`` or ``"merged"``.
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    Returns:
+        The factorized model. Layers that match but cannot be handled are left untouched and
+        logged (``logging.WARNING``) with the reason; :func:`factorize_plan` returns them.
+
+    Raises:
+        ValueError: ``depth < 1``, bad ``init``/``forward_mode``, invalid regex, or no layer matched.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"`depth` must be an int >= 1, got {depth!r}; depth=1 leaves layers unchanged")
+    if init not in ("default", "preserve"):
+        raise ValueError(f"`init` must be 'default' or 'preserve', got {init!r}")
+    if forward_mode not in ("auto", "chain", "merged"):
+        raise ValueError(f"`forward_mode` must be 'auto', 'chain' or 'merged', got {forward_mode!r}")
+    plan = factorize_plan(model, target_modules, exclude_modules, filter_fn)
+    for fqn, reason in plan.skipped.items():
+        logger.warning("factorize: skipping `%s`: %s", fqn, reason)
+    work = _work_copy(model, inplace)
+    if depth == 1:
+        return work
+    plan = factorize_plan(work, target_modules, exclude_modules, filter_fn)
+    new: dict[str, nn.Module] = {}
+    for fqn, mod in plan.targets:
+        cls = _FACTORIZE[type(mod)]
+        try:
+            new[fqn] = cls.from_dense(mod, depth, init=init, forward_mode=forward_mode)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"`{fqn}`: {exc}") from None
+    _swap_all(work, new)
+    logger.info("factorize: %d layers at depth %d", len(new), depth)
+    return work
+
+
+def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Multiply every lorita layer's factors back into one dense layer (paper §2.7).
+
+    :class:`FactorizedLinear`/:class:`LowRankLinear` → ``nn.Linear``,
+    :class:`FactorizedConv2d`/:class:`LowRankConv2d` → ``nn.Conv2d``. The result has the original
+    module tree and ``state_dict`` keys, so its ``state_dict()`` loads with ``strict=True`` into a
+    freshly built original model. Exact up to float rounding (the product is accumulated in
+    float64). A model without lorita layers is returned unchanged (a copy unless ``inplace``).
+
+    Raises:
+        ValueError: a merged weight holds NaN/Inf (the message names the layer).
+    """
+    work = _work_copy(model, inplace)
+    new: dict[str, nn.Module] = {}
+    for fqn, mod in work.named_modules():
+        if isinstance(mod, FACTORIZED_TYPES + LOW_RANK_TYPES):
+            try:
+                new[fqn] = mod.to_dense()
+            except ValueError as exc:
+                raise ValueError(f"`{fqn}`: {exc}") from None
+    if not new:
+        logger.info("merge: no factorized or low-rank layers; nothing to merge")
+    _swap_all(work, new)
+    return work
+
+
+def effective_weight(module: nn.Module) -> Tensor:
+    """The dense weight a layer applies: ``(out, in)`` or ``(C_out, C_in, k_h, k_w)``, detached.
+
+    Works for ``nn.Linear``, ``nn.Conv2d`` and lorita's factorized and low-rank layers.
+
+    Raises:
+        TypeError: for other modules.
+    """
+    with torch.no_grad():
+        if isinstance(module, FACTORIZED_TYPES):
+            return module.merged_weight().detach()
+        if isinstance(module, LOW_RANK_TYPES):
+            return module.to_dense().weight.detach()
+        if isinstance(module, DENSE_TYPES):
+            return module.weight.detach()
+    raise TypeError(f"{type(module).__name__} has no LoRITa weight")
+
+
+def weight_layers(
+    model: nn.Module,
+    target_modules: Targets = None,
+    exclude_modules: Targets = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """Linear/Conv2d/factorized/low-rank layers that rank selection and truncation act on."""
+    plan = find_targets(
+        model, _WEIGHT_KINDS, target_modules, exclude_modules, filter_fn, what="weight layers"
+    )
+    for fqn, reason in plan.skipped.items():
+        logger.warning("skipping `%s`: %s", fqn, reason)
+    return plan.targets
+
+
+def singular_values(
+    model: nn.Module,
+    target_modules: Targets = None,
+    exclude_modules: Targets = None,
+) -> dict[str, Tensor]:
+    """Singular values of each layer's effective weight.
+
+    Conv weights are matricized as ``(C_out, C_in·k_h·k_w)``; factorized layers are merged first.
+
+    Returns:
+        ``{fqn: S}`` with ``S`` a float32/float64 CPU tensor of length ``min(out, in·k·k)``,
+        descending.
+
+    Raises:
+        ValueError: no layer matched, or a weight holds NaN/Inf (named).
+    """
+    out: dict[str, Tensor] = {}
+    for fqn, mod in weight_layers(model, target_modules, exclude_modules):
+        w = effective_weight(mod)
+        try:
+            linalg.ensure_finite(w, "weight")
+        except ValueError as exc:
+            raise ValueError(f"`{fqn}`: {exc}") from None
+        w = w.to(linalg._compute_dtype(w))
+        out[fqn] = torch.linalg.svdvals(linalg.matricize(w)).cpu()
+    return out
+
+
+def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Module]:
+    if not isinstance(ranks, Mapping):
+        raise TypeError(f"`ranks` must be a dict {{layer name: int}}, got {type(ranks).__name__}")
+    if not ranks:
+        raise ValueError("`ranks` is empty; pass {layer name: rank} (e.g. from lorita.select_ranks)")
+    modules = dict(model.named_modules())
+    layers: dict[str, nn.Module] = {}
+    for fqn, r in ranks.items():
+        mod = modules.get(fqn)
+        if mod is None:
+            raise ValueError(f"`{fqn}` in `ranks` is not a module of the model; check the layer names")
+        if isinstance(mod, FACTORIZED_TYPES):
+            raise TypeError(f"`{fqn}` is still factorized; call lorita.merge(model) before truncating")
+        if type(mod) not in DENSE_TYPES:
+            raise TypeError(
+                f"`{fqn}` is a {type(mod).__name__}; ranks apply to nn.Linear / nn.Conv2d layers only"
+            )
+        reason = _conv_ok(mod) if isinstance(mod, nn.Conv2d) else None
+        if reason:
+            raise ValueError(f"`{fqn}`: {reason}; drop it from `ranks`")
+        layers[fqn] = mod
+    return layers
+
+
+def truncate(model: nn.Module, ranks: Mapping[str, int], inplace: bool = False) -> nn.Module:
+    """Keep the top-``rank`` singular triplets of each listed layer; same architecture.
+
+    This is the paper's compressed model (§2.8): ``W ← U_r diag(S_r) Vh_r`` (Eckart–Young optimal,
+    squared error ``Σ_{i>r} S_i²``), the layer type and ``state_dict`` keys unchanged.
+
+    Args:
+        model: a merged (dense) model.
+        ranks: ``{fqn: rank}`` with ``1 <= rank <= min(out, in·k·k)``.
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    Raises:
+        ValueError / TypeError: unknown layer, still-factorized layer, rank out of range,
+            non-finite weight — all before anything is modified.
+    """
+    _check_ranks(model, ranks)
+    work = _work_copy(model, inplace)
+    layers = _check_ranks(work, ranks)
+    new_weights: dict[str, Tensor] = {}
+    for fqn, mod in layers.items():
+        new_weights[fqn] = linalg.truncate_weight(mod.weight.detach(), ranks[fqn], name=fqn)
+    with torch.no_grad():
+        for fqn, w in new_weights.items():
+            layers[fqn].weight.copy_(w)
+    return work
+
+
+def to_low_rank(model: nn.Module, ranks: Mapping[str, int], inplace: bool = False) -> nn.Module:
+    """The deployable form: split each listed layer into two thin layers where that saves MACs.
+
+    Linear → :class:`LowRankLinear` (``Linear(in, r, bias=False)`` then ``Linear(r, out)``);
+    Conv2d → :class:`LowRankConv2d` (k×k conv with ``r`` filters, then 1×1 conv). A layer is split
+    only where ``r·(m + n) < m·n`` (paper §2.9); elsewhere it stays dense with its rank-``r``
+    truncated weight, so the result always computes what ``truncate(model, ranks)`` computes.
+
+    Raises:
+        ValueError / TypeError: as :func:`truncate`, before anything is modified.
+    """
+    _check_ranks(model, ranks)
+    work = _work_copy(model, inplace)
+    layers = _check_ranks(work, ranks)
+    new_layers: dict[str, nn.Module] = {}
+    new_weights: dict[str, Tensor] = {}
+    for fqn, mod in layers.items():
+        w = mod.weight.detach()
+        m, n = w.shape[0], w[0].numel()
+        r = ranks[fqn]
+        if isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= min(m, n) and linalg.worth_splitting(m, n, r):
+            new_layers[fqn] = _SPLIT[type(mod)].from_dense(mod, r, name=fqn)
+        else:
+            new_weights[fqn] = linalg.truncate_weight(w, r, name=fqn)
+            logger.info("to_low_rank: `%s` stays dense at rank %s (split would not save MACs)", fqn, r)
+    with torch.no_grad():
+        for fqn, w in new_weights.items():
+            layers[fqn].weight.copy_(w)
+    _swap_all(work, new_layers)
+    return work
