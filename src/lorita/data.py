@@ -198,11 +198,18 @@ def load_mnist(
     )
 
 
-DATASETS: dict[str, Callable[..., DataSplits]] = {"mnist": load_mnist}
+def _load_cifar10(root: str | Path, **kwargs) -> DataSplits:
+    """CIFAR-10 (binary or python version); see :func:`lorita.cifar.load_cifar10`."""
+    from lorita.cifar import load_cifar10  # lorita.cifar imports DataSplits from this module
+
+    return load_cifar10(root, **kwargs)
+
+
+DATASETS: dict[str, Callable[..., DataSplits]] = {"mnist": load_mnist, "cifar10": _load_cifar10}
 
 
 def load_dataset(name: str, root: str | Path, **kwargs) -> DataSplits:
-    """Load a dataset by name (``"mnist"``, ...).
+    """Load a dataset by name (``"mnist"``, ``"cifar10"``).
 
     Raises:
         ValueError: unknown name.
@@ -292,22 +299,22 @@ def random_crop_flip(x: Tensor, g: torch.Generator, pad: int = 4) -> Tensor:
     Returns:
         A tensor of the same shape and dtype (zero padding, as torchvision's RandomCrop).
     """
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    # Random draws on the generator's device (CPU); one gather on the flattened padded images.
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    bidx = torch.arange(b)[:, None, None, None]
-    cidx = torch.arange(x.shape[1])[None, :, None, None]
-    out = padded[bidx, cidx, rows, cols]
     flip = torch.rand(b, generator=g) < 0.5
-    out[flip] = out[flip].flip(-1)
-    return out
+    cols = torch.arange(w)[None, :].expand(b, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # flip = read columns backwards
+    rows = dy[:, None] + torch.arange(h)[None, :]
+    idx = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).reshape(b, 1, h * w)
+    idx = idx.expand(b, c, h * w).to(x.device)
+    return padded.reshape(b, c, -1).gather(2, idx).reshape(b, c, h, w)
 
 
 # Training augmentation per dataset (none for digits: flips change their meaning).
-AUGMENTATIONS: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {}
+AUGMENTATIONS: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {"cifar10": random_crop_flip}
 
 
 def make_transform(data: DataSplits, train: bool, augment: bool) -> Callable[[Tensor, torch.Generator], Tensor]:

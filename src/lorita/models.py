@@ -1,6 +1,9 @@
 """Small plain reference models for the CLI and benchmarks (no LoRITa baked in: use
 :func:`lorita.factorize`).
 
+CIFAR models live in their own modules and are registered here: ``resnet20`` / ``resnet18``
+(:mod:`lorita.resnet`), ``vgg16`` (:mod:`lorita.vgg`), ``vit`` (:mod:`lorita.vit`).
+
 * :class:`FCN` — the MNIST fully connected net of the paper's first experiment family
   (arXiv 2405.03089, official ``arch/fcn.py``): ``Flatten → Linear(in, h₁) → ReLU → … →
   Linear(h_L, classes)``; default 784-512-512-512-10 (930,816 weights, 932,362 params with biases).
@@ -14,6 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+
+from lorita.resnet import resnet18, resnet20
+from lorita.vgg import vgg16
+from lorita.vit import VIT_TARGETS, vit
 
 __all__ = ["FCN", "MODELS", "build_model", "default_targets"]
 
@@ -55,10 +62,24 @@ class FCN(nn.Module):
         return self.layers(x.flatten(1))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"fcn": FCN}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fcn": FCN,
+    "resnet20": resnet20,  # lorita.resnet: He et al. CIFAR ResNet-20, option-A shortcuts
+    "resnet18": resnet18,  # lorita.resnet: CIFAR ResNet-18, projection shortcuts
+    "vgg16": vgg16,  # lorita.vgg: CIFAR VGG-16 with BatchNorm
+    "vit": vit,  # lorita.vit: small SimpleViT for 32x32, patch 4 (qkv="joint" | "separate")
+}
 
 # Layers LoRITa targets by default per model (None = every Linear/Conv2d), and those excluded.
-_DEFAULT_TARGETS: dict[str, tuple[Any, Any]] = {"fcn": (None, None)}
+# CNNs: every conv and the classifier (official LoRITa CIFAR code). ViT: the attention
+# projections and MLP Linears of the blocks, not the patch embedding, norms or head (paper).
+_DEFAULT_TARGETS: dict[str, tuple[Any, Any]] = {
+    "fcn": (None, None),
+    "resnet20": (None, None),
+    "resnet18": (None, None),
+    "vgg16": (None, None),
+    "vit": (VIT_TARGETS, None),
+}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
