@@ -9,7 +9,8 @@
   ``labels`` (a list of ints), plus ``batches.meta``. They are read with a **restricted
   unpickler** (:func:`safe_unpickle`): only plain containers, bytes, strings and numbers are
   accepted, and the three numpy names a pickled ``uint8`` array needs are mapped to inert
-  stand-ins that only record shape, dtype and raw bytes. Any other global (a class, a function
+  stand-ins that only record shape, dtype and raw bytes (plus ``_codecs.encode`` for latin-1, how
+  Python 3 writes ``bytes`` at protocol 2). Any other global (a class, a function
   such as ``os.system``) is refused before anything runs, so a hostile file cannot execute code.
 
 Every file is checked (record size, label range, shape, and with ``verify=True`` the official
@@ -144,6 +145,13 @@ def _frombuffer_stub(buf: Any, dtype: Any, shape: Any, order: Any) -> _ArrayStub
     return a
 
 
+def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
+    """Stand-in for ``_codecs.encode``: Python 3 writes ``bytes`` this way at pickle protocol 2."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refused _codecs.encode call with non-latin1 arguments")
+    return text.encode("latin1")
+
+
 _NDARRAY = object()  # token for the ``numpy.ndarray`` class argument; never called
 # The only globals a pickled uint8 ndarray needs (numpy 1.x and 2.x module paths), each mapped
 # to an inert stand-in above. Everything else is refused.
@@ -154,6 +162,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy._core.numeric", "_frombuffer"): _frombuffer_stub,
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _DtypeStub,
+    ("_codecs", "encode"): _latin1_encode,
 }
 _ALLOWED_UINT8 = ("u1", "|u1", "uint8", "b", "B")
 
@@ -291,27 +300,28 @@ def _layout(root: Path) -> tuple[str, Path]:
     )
 
 
-def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (population) of uint8 images ``(N, C, H, W)``, in [0, 1] units.
 
-    Accumulated in float64 over chunks of ``chunk`` images (no full float copy).
+    Computed exactly from each channel's 256-bin histogram (no float copy of the images).
 
     Raises:
-        ValueError: empty ``x``.
+        ValueError: empty ``x`` or a dtype other than uint8.
     """
     if x.shape[0] == 0:
         raise ValueError("cannot compute channel statistics of an empty image set")
-    c = x.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    sq = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, x.shape[0], chunk):
-        part = x[i : i + chunk].to(torch.float64).div_(255.0)
-        s += part.sum(dim=(0, 2, 3))
-        sq += (part * part).sum(dim=(0, 2, 3))
-    n = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s / n
-    std = (sq / n - mean * mean).clamp_min(1e-12).sqrt()
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"channel_stats expects uint8 images, got {x.dtype}")
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        p = hist / hist.sum()
+        mean = float((p * values).sum())
+        var = float((p * (values - mean) ** 2).sum())
+        means.append(mean)
+        stds.append(var**0.5)
+    return tuple(means), tuple(stds)
 
 
 def load_cifar10(
@@ -361,7 +371,7 @@ def load_cifar10(
     return DataSplits(
         "cifar10",
         train_x, y[tr], x[va], y[va],
-        torch.from_numpy(np.ascontiguousarray(sx)), torch.from_numpy(sy),
+        torch.from_numpy(np.array(sx, copy=True)), torch.from_numpy(sy),
         10, mean, std,
         meta={"root": str(folder), "layout": layout, "val_size": val_size, "split_seed": split_seed,
               "verified": verify, "classes": classes},
