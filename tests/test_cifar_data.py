@@ -77,7 +77,8 @@ def test_both_layouts_round_trip(tmp_path, layout):
     # Train + val together are exactly the 30 training images, split by the documented seeded rule.
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(3))
     va, tr = perm[:7].sort().values, perm[7:].sort().values
-    assert torch.equal(d.train_x, torch.from_numpy(tx)[tr]) and torch.equal(d.train_y, torch.from_numpy(ty)[tr])
+    assert torch.equal(d.train_x, torch.from_numpy(tx)[tr])
+    assert torch.equal(d.train_y, torch.from_numpy(ty)[tr])
     assert torch.equal(d.val_x, torch.from_numpy(tx)[va]) and torch.equal(d.val_y, torch.from_numpy(ty)[va])
     assert torch.equal(d.test_x, torch.from_numpy(sx)) and torch.equal(d.test_y, torch.from_numpy(sy))
     assert d.train_x.dtype == torch.uint8 and d.train_y.dtype == torch.int64

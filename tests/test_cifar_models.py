@@ -64,8 +64,8 @@ def test_vgg16_counts_by_hand():
     widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
     ins = [3] + widths[:-1]
     sides = [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2]
-    conv_w = sum(i * o * 9 for i, o in zip(ins, widths))
-    conv_macs = sum(i * o * 9 * s * s for i, o, s in zip(ins, widths, sides))
+    conv_w = sum(i * o * 9 for i, o in zip(ins, widths, strict=True))
+    conv_macs = sum(i * o * 9 * s * s for i, o, s in zip(ins, widths, sides, strict=True))
     cost = count_macs(build_model("vgg16"), X1)
     assert cost.total_params == conv_w + 2 * sum(widths) + 512 * 10 + 10
     assert cost.total_macs == conv_macs + 5120

@@ -60,7 +60,9 @@ _TEST_PY = "test_batch"
 
 
 # -- binary version ---------------------------------------------------------------------------
-def read_cifar_bin(path: str | Path, verify: bool = True, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_bin(
+    path: str | Path, verify: bool = True, num_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Read one file of the CIFAR-10 binary version.
 
     Args:
@@ -231,7 +233,9 @@ def safe_unpickle(data: bytes, path: str | Path = "<bytes>") -> Any:
             f"accepted (a hostile or non-CIFAR pickle); use the official cifar-10-batches-py files."
         ) from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
-        raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); the file is corrupt") from None
+        raise ValueError(
+            f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); the file is corrupt"
+        ) from None
     return _resolve(obj, path)
 
 
@@ -242,7 +246,9 @@ def _key(d: dict, name: str) -> Any:
     raise KeyError(name)
 
 
-def read_cifar_py(path: str | Path, verify: bool = True, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_py(
+    path: str | Path, verify: bool = True, num_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Read one file of the CIFAR-10 python version with :func:`safe_unpickle`.
 
     Returns:
@@ -268,7 +274,8 @@ def read_cifar_py(path: str | Path, verify: bool = True, num_classes: int = 10) 
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
         shape = getattr(data, "shape", type(data).__name__)
         raise ValueError(f"{path}: 'data' has shape {shape}, expected (N, {IMAGE_BYTES}) uint8")
-    if not isinstance(labels, list | tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+    ints = isinstance(labels, list | tuple) and all(type(v) is int for v in labels)  # bool is not a label
+    if not ints:
         raise ValueError(f"{path}: 'labels' must be a list of ints")
     y = np.asarray(labels, dtype=np.int64)
     if len(y) != len(data):
@@ -276,7 +283,9 @@ def read_cifar_py(path: str | Path, verify: bool = True, num_classes: int = 10) 
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{path}: record {i} has label {int(y[i])}, outside 0..{num_classes - 1}; the file is corrupt")
+        raise ValueError(
+            f"{path}: record {i} has label {int(y[i])}, outside 0..{num_classes - 1}; the file is corrupt"
+        )
     if verify and len(y) != OFFICIAL_RECORDS:
         raise ValueError(
             f"{path}: {len(y):,} images, the official files hold {OFFICIAL_RECORDS:,}; pass verify=False "

@@ -41,6 +41,7 @@ from lorita.surgery import factorize, merge, to_low_rank, weight_layers
 
 __all__ = [
     "seed_everything",
+    "check_device",
     "load_data",
     "make_loaders",
     "build_training_model",
@@ -137,6 +138,20 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_device(device: str) -> None:
+    """Raise a clear ``ValueError`` for a device string torch cannot use here (e.g. ``cuda``
+    on a machine without CUDA), before any data is loaded."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"`device` {device!r} is not a valid torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device` is {device!r} but CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"`device` {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
 def train_run(
     cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False
 ) -> dict[str, Any]:
@@ -161,6 +176,9 @@ def train_run(
         if old.to_dict() != cfg.to_dict():
             diff = {k: (v, cfg.to_dict()[k]) for k, v in old.to_dict().items() if cfg.to_dict()[k] != v}
             raise ValueError(f"--resume with a different config than {out / 'config.json'}: {diff}")
+    check_device(cfg.device)
+    if cfg.amp and not cfg.device.startswith("cuda"):
+        logger.warning("--amp (bf16 autocast) applies on CUDA only; training %s in float32", cfg.device)
     seed_everything(cfg.seed)
     data = load_data(cfg)
     train, val, _ = make_loaders(data, cfg)

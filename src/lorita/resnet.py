@@ -98,7 +98,9 @@ class ResNet20(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 16, blocks: int = 3, in_channels: int = 3) -> None:
         super().__init__()
-        for n, v in (("num_classes", num_classes), ("width", width), ("blocks", blocks), ("in_channels", in_channels)):
+        checks = (("num_classes", num_classes), ("width", width), ("blocks", blocks),
+                  ("in_channels", in_channels))
+        for n, v in checks:
             _check(n, v)
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -133,7 +135,11 @@ class ResNet18(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 10, width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2), in_channels: int = 3
+        self,
+        num_classes: int = 10,
+        width: int = 64,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         for n, v in (("num_classes", num_classes), ("width", width), ("in_channels", in_channels)):

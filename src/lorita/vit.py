@@ -67,7 +67,8 @@ class PatchEmbed(nn.Module):
         b, c, h, w = x.shape
         p = self.patch
         # 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        x = x.reshape(b, (h // p) * (w // p), -1)
         return self.norm_out(self.proj(self.norm_in(x)))
 
 
