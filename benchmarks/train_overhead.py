@@ -4,7 +4,7 @@ For each model (at its usual batch size) this times full training steps — forw
 backward, SGD with momentum and weight decay — of the depth-1, depth-2 and depth-3 models on the
 same random batch. Variants are interleaved round by round (a fresh random order each round) so
 that load from other processes hits all of them alike; each round runs ``--steps`` consecutive
-steps per variant after ``--warmup`` untimed ones.
+steps per variant (default 1) after ``--warmup`` untimed ones.
 
 Reported per model and depth: median step time (and quartiles) over all timed steps, the ratio
 of medians to depth 1, the *paired* ratio (median over rounds of the per-round median ratio,
@@ -213,12 +213,13 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/train_overhead.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    # Cheap models get many steps; the 300 M-MAC ones fewer (each step takes seconds on one core).
-    plan = {"fcn": (15, 10), "resnet20": (9, 4), "resnet18": (5, 2), "vit": (6, 2), "vgg16": (6, 2)}
+    # (rounds, steps per round): one step per variant per round keeps the pairing tight under
+    # drifting load; cheap models get many rounds, the 200-300 M-MAC ones fewer.
+    plan = {"fcn": (120, 1), "resnet20": (40, 1), "resnet18": (12, 1), "vit": (15, 1), "vgg16": (12, 1)}
     results = []
     for spec in args.models:
         name, _, b = spec.partition("@")
-        rounds, steps = plan.get(name, (5, 2))
+        rounds, steps = plan.get(name, (10, 1)) if int(b or 128) <= 512 else (25, 1)
         r = time_model(name, int(b or 128), args.depths, args.rounds or rounds, args.steps or steps,
                        args.warmup, args.seed)
         results.append(r)
