@@ -227,7 +227,10 @@ def weight_layers(
     )
     for fqn, reason in plan.skipped.items():
         logger.warning("skipping `%s`: %s", fqn, reason)
-    return plan.targets
+    # The two thin nn.Linear/Conv2d halves inside a low-rank layer are part of that layer, not
+    # layers of their own (counting them too would double the weights and spectra).
+    outer = [f for f, m in plan.targets if isinstance(m, LOW_RANK_TYPES)]
+    return [(f, m) for f, m in plan.targets if not any(f.startswith(o + ".") for o in outer)]
 
 
 def singular_values(
