@@ -76,8 +76,13 @@ def test_budget_is_met_and_never_exceeded(task):
     dense, ev, _ = task
     res = search(dense, ev, GreedySearch(tolerance=10.0, budget=lorita.ParamBudget(0.2)), example_inputs=X1)
     assert res.budget_met is True and res.target_fraction <= 0.2
-    w = sum(m.first.weight.numel() + m.second.weight.numel() if isinstance(m, lorita.LowRankLinear)
-            else m.weight.numel() for n, m in res.model.named_modules() if n in res.ranks)
+    w = sum(
+        m.first.weight.numel() + m.second.weight.numel()
+        if isinstance(m, lorita.LowRankLinear)
+        else m.weight.numel()
+        for n, m in res.model.named_modules()
+        if n in res.ranks
+    )
     dense_w = sum(m.weight.numel() for m in dense.modules() if isinstance(m, nn.Linear))
     assert w / dense_w == pytest.approx(res.target_fraction) and w <= 0.2 * dense_w
     assert res.final["acc"] >= res.reference["acc"] - 0.10
@@ -96,8 +101,9 @@ def test_unreachable_budget_stops_at_tolerance(task):
 
 def test_multiple_keep_dense_and_exclude(task):
     dense, ev, _ = task
-    res = search(dense, ev, GreedySearch(tolerance=2.0, multiple=8), example_inputs=X1,
-                 exclude_modules=["layers.4"])
+    res = search(
+        dense, ev, GreedySearch(tolerance=2.0, multiple=8), example_inputs=X1, exclude_modules=["layers.4"]
+    )
     assert "layers.4" not in res.ranks
     assert isinstance(res.model.layers[4], nn.Linear)
     assert torch.equal(res.model.layers[4].weight, dense.layers[4].weight)
@@ -106,15 +112,24 @@ def test_multiple_keep_dense_and_exclude(task):
         if res.forms[name] == "low_rank":
             assert r % 8 == 0
     # the paper's behaviour (keep_dense=False) may leave truncated dense layers that save nothing
-    res2 = search(dense, ev, GreedySearch(tolerance=2.0, keep_dense=False, max_commits=1, initial_step=4),
-                  example_inputs=X1)
+    res2 = search(
+        dense,
+        ev,
+        GreedySearch(tolerance=2.0, keep_dense=False, max_commits=1, initial_step=4),
+        example_inputs=X1,
+    )
     assert list(res2.forms.values()).count("truncated") == 1 and res2.macs == res2.dense_macs
 
 
 def test_trace_reproducible_with_seed_including_finetuning(task):
     dense, ev, train = task
-    cfg = GreedySearch(tolerance=1.0, initial_step=16, finetune=FinetuneConfig(max_batches=3, lr=1e-3, when="every"),
-                       max_commits=4, seed=3)
+    cfg = GreedySearch(
+        tolerance=1.0,
+        initial_step=16,
+        finetune=FinetuneConfig(max_batches=3, lr=1e-3, when="every"),
+        max_commits=4,
+        seed=3,
+    )
 
     def strip(trace):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in trace]
@@ -122,13 +137,15 @@ def test_trace_reproducible_with_seed_including_finetuning(task):
     a = search(dense, ev, cfg, example_inputs=X1, finetune_data=train)
     b = search(dense, ev, cfg, example_inputs=X1, finetune_data=train)
     assert strip(a.trace) == strip(b.trace) and a.finetunes >= 1
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
 
 
 def test_finetuned_weights_are_carried_forward_and_saved(task, tmp_path):
     dense, ev, train = task
-    cfg = GreedySearch(tolerance=1.0, finetune=FinetuneConfig(max_batches=5, lr=1e-3, when="every"), max_commits=3)
+    cfg = GreedySearch(
+        tolerance=1.0, finetune=FinetuneConfig(max_batches=5, lr=1e-3, when="every"), max_commits=3
+    )
     res = search(dense, ev, cfg, example_inputs=X1, finetune_data=train)
     assert any(r["finetuned"] for r in _commits(res))
     # fine-tuned: the weights differ from a plain truncation at the same ranks ...
@@ -148,16 +165,27 @@ def test_finetuned_weights_are_carried_forward_and_saved(task, tmp_path):
 def test_recover_finetuning_reaches_fewer_macs_than_plain_search(task):
     dense, ev, train = task
     plain = search(dense, ev, GreedySearch(tolerance=1.0), example_inputs=X1)
-    ft = search(dense, ev, GreedySearch(tolerance=1.0, finetune=FinetuneConfig(max_batches=15, lr=2e-3)),
-                example_inputs=X1, finetune_data=train)
+    ft = search(
+        dense,
+        ev,
+        GreedySearch(tolerance=1.0, finetune=FinetuneConfig(max_batches=15, lr=2e-3)),
+        example_inputs=X1,
+        finetune_data=train,
+    )
     assert ft.finetunes >= 1 and ft.final["acc"] >= ft.reference["acc"] - 0.01
     assert ft.macs < plain.macs
 
 
 def test_conv_layers_are_searched_with_exact_mac_counts():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
-                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 10),
+    ).eval()
     x = torch.randn(64, 3, 8, 8)
     with torch.no_grad():
         ref = model(x)
@@ -165,7 +193,10 @@ def test_conv_layers_are_searched_with_exact_mac_counts():
     def evaluate(m):  # agreement with the dense model's predictions: a stand-in validation task
         with torch.no_grad():
             out = m(x)
-        return {"loss": float(((out - ref) ** 2).mean()), "acc": float((out.argmax(1) == ref.argmax(1)).float().mean())}
+        return {
+            "loss": float(((out - ref) ** 2).mean()),
+            "acc": float((out.argmax(1) == ref.argmax(1)).float().mean()),
+        }
 
     res = search(model, evaluate, GreedySearch(tolerance=20.0), example_inputs=x[:1])
     assert any(isinstance(m, lorita.LowRankConv2d) for m in res.model.modules())

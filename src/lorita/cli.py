@@ -163,8 +163,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from lorita.pipeline import sweep_run
 
     out = args.out or str(Path(args.run) / f"sweep-{args.policy}")
-    res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir, progress=not args.no_progress,
-                    search_tolerances=args.search_tolerances)
+    res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
+                    progress=not args.no_progress, search_tolerances=args.search_tolerances)
     print((Path(out) / "sweep.md").read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0
@@ -229,7 +229,8 @@ def cmd_compress_search(args: argparse.Namespace) -> int:
         r = rep.get(key)
         if r:
             print(f"{r['label']}: val {100 * r['val_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
-                  f"params {r['params']:,}  MACs {r['macs']:,} ({100 * r['macs_frac']:.1f}%)  {r['bytes']:,} bytes")
+                  f"params {r['params']:,}  MACs {r['macs']:,} ({100 * r['macs_frac']:.1f}%)  "
+                  f"{r['bytes']:,} bytes")
     print(f"search: {rep['search']['stop_reason']} -> {out} (search_trace.json, report.md)")
     return 0
 
@@ -242,12 +243,14 @@ def _add_search_args(c: argparse.ArgumentParser) -> None:
                    help="allowed drop of validation accuracy in points (%(default)s)")
     g.add_argument("--budget", default=None, help="stop once met: params:F or macs:F (fraction of dense)")
     g.add_argument("--initial-step", type=int, default=None, help="first rank step (default: max rank / 8)")
-    g.add_argument("--multiple", type=int, default=1, help="round ranks down to a multiple of this (%(default)s)")
+    g.add_argument("--multiple", type=int, default=1,
+                   help="round ranks down to a multiple of this (%(default)s)")
     g.add_argument("--criterion", choices=["loss", "loss_per_cost"], default="loss",
                    help="pick the reduction with the lowest val loss, or loss increase per MAC saved")
     g.add_argument("--no-keep-dense", action="store_true",
                    help="allow truncated dense layers that save nothing (the paper's behaviour)")
-    g.add_argument("--exclude-modules", type=_targets, default=None, help="layers not to search (regex or list)")
+    g.add_argument("--exclude-modules", type=_targets, default=None,
+                   help="layers not to search (regex or comma list)")
     g.add_argument("--val-samples", type=int, default=None, help="use only the first N validation images")
     g.add_argument("--seed", type=int, default=0, help="seed for fine-tuning (%(default)s)")
     g = c.add_argument_group("fine-tuning and distillation (with --search)")
@@ -257,7 +260,8 @@ def _add_search_args(c: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-optimizer", choices=["adam", "adamw", "sgd"], default="adam")
     g.add_argument("--finetune-when", choices=["recover", "every"], default="recover",
                    help="recover: only when no reduction fits (paper); every: after each step too")
-    g.add_argument("--distill", action="store_true", help="distill from the dense merged model while fine-tuning")
+    g.add_argument("--distill", action="store_true",
+                   help="distill from the dense merged model while fine-tuning")
     g.add_argument("--distill-temperature", type=float, default=4.0)
     g.add_argument("--distill-weight", type=float, default=0.5, help="share of the soft-target loss")
     g = c.add_argument_group("quantization")

@@ -127,8 +127,12 @@ def finetune(
             torch.manual_seed(seed)
             for epoch in range(cfg.epochs):
                 loss_sum, n_seen = 0.0, 0
-                bar = tqdm(_batches(data, seed + epoch), desc=f"fine-tune {epoch + 1}/{cfg.epochs}",
-                           disable=not progress, leave=False)
+                bar = tqdm(
+                    _batches(data, seed + epoch),
+                    desc=f"fine-tune {epoch + 1}/{cfg.epochs}",
+                    disable=not progress,
+                    leave=False,
+                )
                 for i, (x, y) in enumerate(bar):
                     if cfg.max_batches is not None and i >= cfg.max_batches:
                         break
@@ -137,7 +141,9 @@ def finetune(
                     if cfg.distill is not None:
                         with torch.no_grad():
                             t_logits = teacher(x)
-                        loss = distillation_loss(logits, t_logits, y, cfg.distill.temperature, cfg.distill.weight)
+                        loss = distillation_loss(
+                            logits, t_logits, y, cfg.distill.temperature, cfg.distill.weight
+                        )
                     else:
                         loss = F.cross_entropy(logits, y)
                     if not torch.isfinite(loss):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -83,7 +84,9 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     qd = _quantize_dynamic()
     for name, p in model.named_parameters():
         if p.device.type != "cpu":
-            raise ValueError(f"`{name}` is on {p.device}; dynamic int8 quantization runs on CPU: call model.cpu()")
+            raise ValueError(
+                f"`{name}` is on {p.device}; dynamic int8 quantization runs on CPU: call model.cpu()"
+            )
     work = model if inplace else copy.deepcopy(model)
     work.eval()
     with warnings.catch_warnings():
@@ -92,8 +95,12 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
         return qd(work, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def save_quantized(model: nn.Module, path: str | Path, float_model: nn.Module | None = None,
-                   metadata: dict[str, Any] | None = None) -> Path:
+def save_quantized(
+    model: nn.Module,
+    path: str | Path,
+    float_model: nn.Module | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
     """Write a quantized model's ``state_dict`` plus a lorita manifest, atomically.
 
     Args:
@@ -153,8 +160,10 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         manifest = json.loads(payload["manifest"])
         state = payload["state_dict"]
-    except (RuntimeError, OSError, KeyError, TypeError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path} is not a lorita int8 file or is corrupt ({str(exc).splitlines()[0][:200]})") from None
+    except (RuntimeError, OSError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"{path} is not a lorita int8 file or is corrupt ({str(exc).splitlines()[0][:200]})"
+        ) from None
     if manifest.get("format") != _FORMAT:
         raise ValueError(f"{path}: manifest format {manifest.get('format')!r}, expected {_FORMAT!r}")
     stored = manifest.get("layers", {})

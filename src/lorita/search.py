@@ -62,7 +62,9 @@ def parse_budget(text: str) -> ParamBudget | MacBudget:
     kind, _, raw = str(text).partition(":")
     kind = kind.strip().lower()
     if kind not in ("params", "macs") or not raw:
-        raise ValueError(f"invalid budget {text!r}; expected params:F or macs:F with F in (0, 1], e.g. macs:0.2")
+        raise ValueError(
+            f"invalid budget {text!r}; expected params:F or macs:F with F in (0, 1], e.g. macs:0.2"
+        )
     try:
         value = float(raw)
     except ValueError:
@@ -112,8 +114,15 @@ class GreedySearch:
 
     def __post_init__(self) -> None:
         tol = self.tolerance
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol) or not 0 <= tol <= 100:
-            raise ValueError(f"`tolerance` must be accuracy points in [0, 100] (1.0 = one point), got {tol!r}")
+        if (
+            isinstance(tol, bool)
+            or not isinstance(tol, int | float)
+            or not math.isfinite(tol)
+            or not 0 <= tol <= 100
+        ):
+            raise ValueError(
+                f"`tolerance` must be accuracy points in [0, 100] (1.0 = one point), got {tol!r}"
+            )
         if self.budget is not None and not isinstance(self.budget, ParamBudget | MacBudget):
             raise TypeError(
                 f"`budget` must be ParamBudget, MacBudget or None, got {type(self.budget).__name__}; "
@@ -128,7 +137,9 @@ class GreedySearch:
         if self.criterion not in _CRITERIA:
             raise ValueError(f"`criterion` must be one of {_CRITERIA}, got {self.criterion!r}")
         if self.finetune is not None and not isinstance(self.finetune, FinetuneConfig):
-            raise TypeError(f"`finetune` must be a FinetuneConfig or None, got {type(self.finetune).__name__}")
+            raise TypeError(
+                f"`finetune` must be a FinetuneConfig or None, got {type(self.finetune).__name__}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (budget as ``"params:0.1"`` / ``"macs:0.2"``)."""
@@ -136,13 +147,23 @@ class GreedySearch:
         budget = None if b is None else f"{'params' if isinstance(b, ParamBudget) else 'macs'}:{b.fraction:g}"
         ft = None
         if self.finetune is not None:
-            ft = {k: getattr(self.finetune, k) for k in
-                  ("epochs", "max_batches", "optimizer", "lr", "momentum", "weight_decay", "when")}
+            ft = {
+                k: getattr(self.finetune, k)
+                for k in ("epochs", "max_batches", "optimizer", "lr", "momentum", "weight_decay", "when")
+            }
             d = self.finetune.distill
             ft["distill"] = None if d is None else {"temperature": d.temperature, "weight": d.weight}
-        return {"tolerance": self.tolerance, "budget": budget, "initial_step": self.initial_step,
-                "multiple": self.multiple, "criterion": self.criterion, "keep_dense": self.keep_dense,
-                "finetune": ft, "seed": self.seed, "max_commits": self.max_commits}
+        return {
+            "tolerance": self.tolerance,
+            "budget": budget,
+            "initial_step": self.initial_step,
+            "multiple": self.multiple,
+            "criterion": self.criterion,
+            "keep_dense": self.keep_dense,
+            "finetune": ft,
+            "seed": self.seed,
+            "max_commits": self.max_commits,
+        }
 
 
 @dataclass
@@ -186,9 +207,27 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the model, JSON-serializable."""
-        return {k: getattr(self, k) for k in (
-            "ranks", "forms", "trace", "reference", "final", "macs", "params", "dense_macs", "dense_params",
-            "target_fraction", "budget_met", "stop_reason", "evaluations", "finetunes", "wall_seconds", "config")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "ranks",
+                "forms",
+                "trace",
+                "reference",
+                "final",
+                "macs",
+                "params",
+                "dense_macs",
+                "dense_params",
+                "target_fraction",
+                "budget_met",
+                "stop_reason",
+                "evaluations",
+                "finetunes",
+                "wall_seconds",
+                "config",
+            )
+        }
 
 
 class BatchEvaluator:
@@ -253,7 +292,9 @@ def svd_of_product(b: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         ValueError: inner dimensions differ or a factor is not finite.
     """
     if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
-        raise ValueError(f"svd_of_product needs B (m, r) and A (r, n); got {tuple(b.shape)} and {tuple(a.shape)}")
+        raise ValueError(
+            f"svd_of_product needs B (m, r) and A (r, n); got {tuple(b.shape)} and {tuple(a.shape)}"
+        )
     linalg.ensure_finite(b, "B")
     linalg.ensure_finite(a, "A")
     dt = linalg._compute_dtype(b)
@@ -331,11 +372,22 @@ def _build(st: _Layer, r: int, bias: Tensor | None) -> nn.Module:
         return layer
     kw = {"device": w.device, "dtype": w.dtype}
     if isinstance(t, nn.Linear):
-        layer = torch.nn.utils.skip_init(LowRankLinear, t.in_features, t.out_features, r, bias is not None, **kw)
+        layer = torch.nn.utils.skip_init(
+            LowRankLinear, t.in_features, t.out_features, r, bias is not None, **kw
+        )
     else:
         layer = torch.nn.utils.skip_init(
-            LowRankConv2d, t.in_channels, t.out_channels, t.kernel_size, r, t.stride, t.padding, t.dilation,
-            bias is not None, t.padding_mode, **kw,
+            LowRankConv2d,
+            t.in_channels,
+            t.out_channels,
+            t.kernel_size,
+            r,
+            t.stride,
+            t.padding,
+            t.dilation,
+            bias is not None,
+            t.padding_mode,
+            **kw,
         )
         a = a.reshape((r, *w.shape[1:]))
         b = b.reshape((w.shape[0], r) + (1,) * (w.dim() - 2))
@@ -439,8 +491,11 @@ def search(
         raise ValueError("GreedySearch.finetune is set but `finetune_data` is None; pass the training loader")
     t0 = time.perf_counter()
     work = merge(model)  # a copy; dense layers everywhere
-    layers = [(n, m) for n, m in weight_layers(work, target_modules, exclude_modules)
-              if type(m) in (nn.Linear, nn.Conv2d)]
+    layers = [
+        (n, m)
+        for n, m in weight_layers(work, target_modules, exclude_modules)
+        if type(m) in (nn.Linear, nn.Conv2d)
+    ]
     if not layers:
         raise ValueError("no Linear/Conv2d layer to search; check target_modules / exclude_modules")
     dense_cost = count_macs(work, example_inputs)
@@ -451,8 +506,11 @@ def search(
         row_macs = dense_cost.row(fqn).macs or 0
         positions = max(1, row_macs // (m * n)) if row_macs else 1
         U, S, Vh = linalg.svd(w)
-        states.append(_Layer(fqn, mod, m, n, positions, 0 if mod.bias is None else mod.bias.numel(),
-                             min(m, n), U, S, Vh))
+        states.append(
+            _Layer(
+                fqn, mod, m, n, positions, 0 if mod.bias is None else mod.bias.numel(), min(m, n), U, S, Vh
+            )
+        )
     use_params = isinstance(cfg.budget, ParamBudget)  # cost unit: params with a ParamBudget, else MACs
 
     def layer_cost(st: _Layer, r: int) -> int:
@@ -487,15 +545,32 @@ def search(
     trace: list[dict[str, Any]] = []
     commits, finetunes = 0, 0
 
-    def log(event: str, layer: str | None, rank: int | None, step: int, res: Mapping[str, float], ft: bool) -> None:
+    def log(
+        event: str, layer: str | None, rank: int | None, step: int, res: Mapping[str, float], ft: bool
+    ) -> None:
         macs, params, frac = totals()
-        trace.append({"step": commits, "event": event, "layer": layer, "rank": rank, "step_size": step,
-                      "macs": macs, "params": params, "target_fraction": frac, "val_loss": res["loss"],
-                      "val_acc": res["acc"], "finetuned": ft, "seconds": round(time.perf_counter() - t0, 3)})
+        trace.append(
+            {
+                "step": commits,
+                "event": event,
+                "layer": layer,
+                "rank": rank,
+                "step_size": step,
+                "macs": macs,
+                "params": params,
+                "target_fraction": frac,
+                "val_loss": res["loss"],
+                "val_acc": res["acc"],
+                "finetuned": ft,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
 
     def do_finetune() -> None:
         nonlocal finetunes
-        finetune(work, finetune_data, ft_cfg, teacher=teacher, seed=cfg.seed + 1000 * finetunes, device=device)
+        finetune(
+            work, finetune_data, ft_cfg, teacher=teacher, seed=cfg.seed + 1000 * finetunes, device=device
+        )
         finetunes += 1
         mods = dict(work.named_modules())
         for st in states:
@@ -530,12 +605,14 @@ def search(
                     _set_module(work, st.name, old)
                 cands.append((st, r2, cand, res))
 
-            def score(c: tuple[_Layer, int, nn.Module, dict[str, float]]) -> float:
+            def score(
+                c: tuple[_Layer, int, nn.Module, dict[str, float]], base: float = current["loss"]
+            ) -> float:
                 st, r2, _, res = c
                 if cfg.criterion == "loss":
                     return res["loss"]
                 saved = layer_cost(st, st.rank) - layer_cost(st, r2)
-                return (res["loss"] - current["loss"]) / max(saved, 1)
+                return (res["loss"] - base) / max(saved, 1)
 
             fits = [c for c in cands if c[3]["acc"] >= floor]
             chosen, finetuned = None, False
@@ -552,15 +629,22 @@ def search(
                 if res["acc"] >= floor:
                     chosen, finetuned = (st, r2, None, res), True
                 else:
-                    logger.info("search: fine-tuning did not recover %s -> %d (val acc %.4f < %.4f)",
-                                st.name, r2, res["acc"], floor)
+                    logger.info(
+                        "search: fine-tuning did not recover %s -> %d (val acc %.4f < %.4f)",
+                        st.name,
+                        r2,
+                        res["acc"],
+                        floor,
+                    )
                     work, states = snapshot
                     modules = dict(work.named_modules())
                     log("finetune_rejected", st.name, r2, step, res, True)
             if chosen is None:
                 if step <= min_step:
-                    stop_reason = (f"no reduction keeps val acc >= {floor + 1e-12:.4f} (reference "
-                                   f"{reference['acc']:.4f} − {cfg.tolerance:g} points) at the smallest step")
+                    stop_reason = (
+                        f"no reduction keeps val acc >= {floor + 1e-12:.4f} (reference "
+                        f"{reference['acc']:.4f} − {cfg.tolerance:g} points) at the smallest step"
+                    )
                     break
                 step = max(min_step, step // 2)
                 log("halve", None, None, step, current, False)
@@ -584,18 +668,27 @@ def search(
                 modules = dict(work.named_modules())
             log("commit", st.name, r2, step, current, finetuned)
             macs, _, _ = totals()
-            logger.info("search: %s -> rank %d (step %d): MACs %d, val acc %.4f", st.name, r2, step, macs,
-                        current["acc"])
+            logger.info(
+                "search: %s -> rank %d (step %d): MACs %d, val acc %.4f",
+                st.name,
+                r2,
+                step,
+                macs,
+                current["acc"],
+            )
             bar.update(1)
-            bar.set_postfix(step=step, macs=f"{macs / dense_cost.total_macs:.1%}", acc=f"{current['acc']:.4f}")
+            bar.set_postfix(
+                step=step, macs=f"{macs / dense_cost.total_macs:.1%}", acc=f"{current['acc']:.4f}"
+            )
     finally:
         bar.close()
     final = run_eval()
     macs, params, frac = totals()
     log("stop", None, None, step, final, False)
     if cfg.budget is not None and not budget_met():
-        logger.warning("search: budget %g not reached within the tolerance (stopped at %.4f)",
-                       cfg.budget.fraction, frac)
+        logger.warning(
+            "search: budget %g not reached within the tolerance (stopped at %.4f)", cfg.budget.fraction, frac
+        )
     return SearchResult(
         model=work,
         ranks={st.name: st.rank for st in states},

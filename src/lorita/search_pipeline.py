@@ -30,7 +30,12 @@ from lorita.search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.surgery import weight_layers
 
 __all__ = [
-    "model_row", "run_search", "compress_search_run", "add_int8", "quantize_compressed", "search_points",
+    "model_row",
+    "run_search",
+    "compress_search_run",
+    "add_int8",
+    "quantize_compressed",
+    "search_points",
     "QUANTIZE_CHOICES",
 ]
 
@@ -56,18 +61,23 @@ def _weight_params(model: nn.Module, names: Sequence[str]) -> int:
 
 
 def model_row(
-    run: LoadedRun, model: nn.Module, label: str, ranks: dict[str, int] | None = None, with_test: bool = True,
+    run: LoadedRun,
+    model: nn.Module,
+    label: str,
+    ranks: dict[str, int] | None = None,
+    with_test: bool = True,
     quantized: bool = False,
 ) -> dict[str, Any]:
     """Accuracy and costs of any model built from ``run`` (the row schema of ``lorita sweep``).
 
     Keys: label, val_acc, test_acc, params, macs, weight_params, weight_params_frac, params_frac,
-    macs_frac, ranks. MACs per sample (for a quantized model they are the float model's: int8
-    changes the arithmetic, not the count).
+    macs_frac, ranks. MACs per sample. ``quantized=True``: only the accuracies are measured (the
+    packed int8 weights are invisible to the counters); :func:`add_int8` fills in the float model's
+    counts.
     """
     names = [n for n, _ in weight_layers(run.dense, *run.targets)]
     dense_cost = count_macs(run.dense, run.example_inputs)
-    cost = dense_cost if model is run.dense else count_macs(model, run.example_inputs)
+    cost = dense_cost if model is run.dense or quantized else count_macs(model, run.example_inputs)
     dense_w = _weight_params(run.dense, names)
     w = _weight_params(model, names) if not quantized else None
     return {
@@ -100,8 +110,13 @@ def run_search(
         train, _, _ = make_loaders(run.data, run.cfg)
     target, exclude = run.targets
     return search(
-        run.dense, evaluator, config, example_inputs=run.example_inputs, finetune_data=train,
-        target_modules=target, exclude_modules=exclude_modules if exclude_modules is not None else exclude,
+        run.dense,
+        evaluator,
+        config,
+        example_inputs=run.example_inputs,
+        finetune_data=train,
+        target_modules=target,
+        exclude_modules=exclude_modules if exclude_modules is not None else exclude,
         progress=progress,
     )
 
@@ -109,8 +124,14 @@ def run_search(
 def add_int8(run: LoadedRun, model: nn.Module, out: Path, label: str) -> dict[str, Any]:
     """Quantize ``model`` (dynamic int8), save ``low_rank_int8.pt``, return its row (with bytes)."""
     q = quantize_int8(model)
-    path = save_quantized(q, out / "low_rank_int8.pt", float_model=model, metadata={"run": str(run.cfg.to_dict())})
+    path = save_quantized(
+        q, out / "low_rank_int8.pt", float_model=model, metadata={"config": run.cfg.to_dict()}
+    )
     row = model_row(run, q, label, quantized=True)
+    # int8 changes the arithmetic, not the counts: params and MACs are the float model's
+    float_row = model_row(run, model, label, with_test=False)
+    for k in ("params", "macs", "weight_params", "weight_params_frac", "params_frac", "macs_frac", "ranks"):
+        row[k] = float_row[k]
     row["bytes"] = file_bytes(path)
     row["file"] = path.name
     return row
@@ -122,15 +143,17 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# lorita compress — greedy rank search, tolerance {s['config']['tolerance']:g} points",
         "",
-        f"Run: `{report['run']}`. Ranks chosen on the validation split ({report['val_samples']} images); test "
-        f"accuracy reported once, never used. MACs per sample (FLOPs = 2·MACs). Bytes: files on disk.",
+        f"Run: `{report['run']}`. Ranks chosen on the validation split ({report['val_samples']} images); "
+        f"test accuracy reported once, never used. MACs per sample (FLOPs = 2·MACs). Bytes: files on disk.",
         "",
         "| model | val acc % | test acc % | params | MACs/sample | % MACs | bytes on disk |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['label']} | {pct(r['val_acc'])} | {pct(r['test_acc'])} | {r['params']:,} | "
-                     f"{r['macs']:,} | {pct(r['macs_frac'], 1)} | {r.get('bytes', 0):,} |")
+        lines.append(
+            f"| {r['label']} | {pct(r['val_acc'])} | {pct(r['test_acc'])} | {r['params']:,} | "
+            f"{r['macs']:,} | {pct(r['macs_frac'], 1)} | {r.get('bytes', 0):,} |"
+        )
     lines += [
         "",
         f"Search: reference val acc {pct(s['reference']['acc'])}%, final {pct(s['final']['acc'])}%; "
@@ -175,14 +198,25 @@ def compress_search_run(
     ft += " + distill" if config.finetune is not None and config.finetune.distill is not None else ""
     low_row = model_row(run, result.model, f"low-rank (greedy search{ft})", result.ranks)
     low_row["wall_seconds"] = time.perf_counter() - t0
-    dense_row["bytes"] = file_bytes(io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir)}))
-    low_row["bytes"] = file_bytes(io.save(result.model, out / "low_rank.safetensors",
-                                          metadata={"run": str(run_dir), "search": result.config}))
+    dense_row["bytes"] = file_bytes(
+        io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir)})
+    )
+    low_row["bytes"] = file_bytes(
+        io.save(
+            result.model,
+            out / "low_rank.safetensors",
+            metadata={"run": str(run_dir), "search": result.config},
+        )
+    )
     _write_json(out / "ranks.json", result.ranks)
     _write_json(out / "search_trace.json", result.trace)
     report: dict[str, Any] = {
-        "run": str(run_dir), "policy": "search:greedy", "dense": dense_row, "low_rank": low_row,
-        "search": result.to_dict(), "val_samples": min(val_samples or len(run.data.val_y), len(run.data.val_y)),
+        "run": str(run_dir),
+        "policy": "search:greedy",
+        "dense": dense_row,
+        "low_rank": low_row,
+        "search": result.to_dict(),
+        "val_samples": min(val_samples or len(run.data.val_y), len(run.data.val_y)),
         "layers": count_macs(result.model, run.example_inputs).to_dict(),
     }
     if quantize == "int8":
