@@ -168,7 +168,7 @@ def test_recover_finetuning_reaches_fewer_macs_than_plain_search(task):
     ft = search(
         dense,
         ev,
-        GreedySearch(tolerance=1.0, finetune=FinetuneConfig(max_batches=15, lr=2e-3)),
+        GreedySearch(tolerance=1.0, finetune=FinetuneConfig(max_batches=8, lr=2e-3)),
         example_inputs=X1,
         finetune_data=train,
     )
