@@ -63,7 +63,7 @@ def _product_macs(shapes: list[tuple[int, int]]) -> int:
     # shapes are (rows, cols) of F_N, ..., F_1 (left to right).
     left = 0
     rows, cols = shapes[0]
-    for r, c in shapes[1:]:
+    for _r, c in shapes[1:]:
         left += rows * cols * c
         cols = c
     right = 0
