@@ -138,7 +138,11 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def train_run(
-    cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    data: DataSplits | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` and write the folder described in the module docstring.
 
@@ -147,6 +151,7 @@ def train_run(
         out_dir: output folder (created).
         progress: show tqdm bars.
         resume: continue from ``out_dir/resume.pt`` if present (same config required).
+        data: already loaded splits of ``cfg.dataset`` (skips loading; ``limit_train`` not re-applied).
 
     Returns:
         The summary dict also written to ``summary.json``.
@@ -162,7 +167,7 @@ def train_run(
             diff = {k: (v, cfg.to_dict()[k]) for k, v in old.to_dict().items() if cfg.to_dict()[k] != v}
             raise ValueError(f"--resume with a different config than {out / 'config.json'}: {diff}")
     seed_everything(cfg.seed)
-    data = load_data(cfg)
+    data = data if data is not None else load_data(cfg)
     train, val, _ = make_loaders(data, cfg)
     model = build_training_model(cfg, data).to(cfg.device)
     opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, cfg.decay), cfg.lr, cfg.momentum)

@@ -397,6 +397,7 @@ def _build(st: _Layer, r: int, bias: Tensor | None) -> nn.Module:
         if bias is not None:
             layer.second.bias.copy_(bias)
     layer.requires_grad_(w.requires_grad)
+    layer.train(t.training)
     return layer
 
 

@@ -268,7 +268,7 @@ def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Mod
         raise ValueError("`ranks` is empty; pass {layer name: rank} (e.g. from lorita.select_ranks)")
     modules = dict(model.named_modules())
     layers: dict[str, nn.Module] = {}
-    for fqn, r in ranks.items():
+    for fqn in ranks:
         mod = modules.get(fqn)
         if mod is None:
             raise ValueError(f"`{fqn}` in `ranks` is not a module of the model; check the layer names")
