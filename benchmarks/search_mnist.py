@@ -30,8 +30,8 @@ from lorita.finetune import FinetuneConfig
 from lorita.pipeline import load_run
 from lorita.quantize import file_bytes
 from lorita.rank import parse_policy, select_ranks
+from lorita.rank_search import BatchEvaluator, GreedySearch
 from lorita.report import pct
-from lorita.search import BatchEvaluator, GreedySearch
 from lorita.search_pipeline import add_int8, model_row, run_search
 from lorita.surgery import to_low_rank
 

@@ -14,7 +14,7 @@ from lorita.data import TensorLoader, load_mnist, make_transform
 from lorita.engine import make_optimizer, train_one_epoch
 from lorita.finetune import FinetuneConfig
 from lorita.models import FCN
-from lorita.search import BatchEvaluator, GreedySearch, parse_budget, search, svd_of_product
+from lorita.rank_search import BatchEvaluator, GreedySearch, parse_budget, search, svd_of_product
 
 MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
 X1 = torch.zeros(1, 1, 28, 28)

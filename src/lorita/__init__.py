@@ -21,7 +21,7 @@ from lorita.rank import (
     parse_policy,
     select_ranks,
 )
-from lorita.search import BatchEvaluator, GreedySearch, SearchResult, search
+from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.surgery import (
     effective_weight,
     factorize,

@@ -200,7 +200,7 @@ def _check_quantize(kind: str) -> None:
 def _search_config(args: argparse.Namespace):
     from lorita.distill import DistillConfig
     from lorita.finetune import FinetuneConfig
-    from lorita.search import GreedySearch, parse_budget
+    from lorita.rank_search import GreedySearch, parse_budget
 
     budget = None if args.budget is None else parse_budget(args.budget)
     ft = None

@@ -1,5 +1,5 @@
 """Files in, files out for the rank search: ``lorita compress DIR --search greedy`` and the
-searched points of ``lorita sweep`` (see :mod:`lorita.search`).
+searched points of ``lorita sweep`` (see :mod:`lorita.rank_search`).
 
 ``compress_search_run`` writes the same artefacts as a one-shot ``lorita compress`` —
 ``merged.safetensors``, ``ranks.json``, ``low_rank.safetensors``, ``report.json``,
@@ -25,8 +25,8 @@ from lorita.engine import evaluate
 from lorita.layers import LowRankConv2d, LowRankLinear
 from lorita.pipeline import LoadedRun, load_run, make_loaders
 from lorita.quantize import file_bytes, quantize_int8, save_quantized
+from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.report import pct
-from lorita.search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.surgery import weight_layers
 
 __all__ = [
