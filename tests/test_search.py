@@ -229,3 +229,12 @@ def test_bad_input_errors(task):
         search(dense, lambda m: 0.9, example_inputs=X1)
     with pytest.raises(ValueError, match="no weight layers matched"):
         search(dense, ev, example_inputs=X1, target_modules="nothing")
+
+
+def test_weight_layers_of_a_low_rank_model_do_not_list_the_thin_halves():
+    # core fix: the two nn.Linear halves inside a LowRankLinear are not layers of their own
+    from lorita.surgery import weight_layers
+
+    low = lorita.to_low_rank(FCN(in_features=20, hidden=(16,), num_classes=4), {"layers.0": 3})
+    assert [n for n, _ in weight_layers(low)] == ["layers.0", "layers.2"]
+    assert set(lorita.singular_values(low)) == {"layers.0", "layers.2"}
