@@ -63,7 +63,7 @@ def _product_macs(shapes: list[tuple[int, int]]) -> int:
     # shapes are (rows, cols) of F_N, ..., F_1 (left to right).
     left = 0
     rows, cols = shapes[0]
-    for r, c in shapes[1:]:
+    for _r, c in shapes[1:]:
         left += rows * cols * c
         cols = c
     right = 0
@@ -191,6 +191,7 @@ class FactorizedLinear(nn.Module):
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(linear.training)
         return layer
 
     def to_dense(self) -> nn.Linear:
@@ -206,6 +207,7 @@ class FactorizedLinear(nn.Module):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:
@@ -375,6 +377,7 @@ class FactorizedConv2d(nn.Module):
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(conv.training)
         return layer
 
     def to_dense(self) -> nn.Conv2d:
@@ -400,6 +403,7 @@ class FactorizedConv2d(nn.Module):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:
@@ -457,6 +461,7 @@ class LowRankLinear(nn.Module):
             if linear.bias is not None:
                 layer.second.bias.copy_(linear.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(linear.training)
         return layer
 
     def to_dense(self) -> nn.Linear:
@@ -470,6 +475,7 @@ class LowRankLinear(nn.Module):
             if self.second.bias is not None:
                 dense.bias.copy_(self.second.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:
@@ -535,6 +541,7 @@ class LowRankConv2d(nn.Module):
             if conv.bias is not None:
                 layer.second.bias.copy_(conv.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(conv.training)
         return layer
 
     def to_dense(self) -> nn.Conv2d:
@@ -550,6 +557,7 @@ class LowRankConv2d(nn.Module):
             if s.bias is not None:
                 dense.bias.copy_(s.bias)
         dense.requires_grad_(s.weight.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:

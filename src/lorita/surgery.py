@@ -227,7 +227,10 @@ def weight_layers(
     )
     for fqn, reason in plan.skipped.items():
         logger.warning("skipping `%s`: %s", fqn, reason)
-    return plan.targets
+    # The two thin nn.Linear/Conv2d halves inside a low-rank layer are part of that layer, not
+    # layers of their own (counting them too would double the weights and spectra).
+    outer = [f for f, m in plan.targets if isinstance(m, LOW_RANK_TYPES)]
+    return [(f, m) for f, m in plan.targets if not any(f.startswith(o + ".") for o in outer)]
 
 
 def singular_values(
@@ -265,7 +268,7 @@ def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Mod
         raise ValueError("`ranks` is empty; pass {layer name: rank} (e.g. from lorita.select_ranks)")
     modules = dict(model.named_modules())
     layers: dict[str, nn.Module] = {}
-    for fqn, r in ranks.items():
+    for fqn in ranks:
         mod = modules.get(fqn)
         if mod is None:
             raise ValueError(f"`{fqn}` in `ranks` is not a module of the model; check the layer names")
