@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _cifar_files import write_bin  # noqa: I001  (tests/ is on sys.path under pytest)
 from lorita import pipeline
 from lorita.cli import main
 from lorita.config import TrainConfig
 from lorita.pipeline import compress_run, train_run
-from test_cifar_data import write_bin  # noqa: I001  (tests/ is on sys.path under pytest's rootdir)
 
 TINY = {
     "resnet20": {"width": 2},
