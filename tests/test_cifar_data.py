@@ -198,3 +198,14 @@ def test_real_cifar10_copy():
     # 50,000 images; our statistics exclude the 5,000 validation images.
     np.testing.assert_allclose(d.mean, (0.4913, 0.4821, 0.4465), atol=2e-3)
     np.testing.assert_allclose(d.std, (0.2452, 0.2428, 0.2606), atol=2e-3)
+
+
+def test_unpickler_guards_array_stand_ins():
+    # An int8 array ("b") is not uint8; a buffer given as an int must not allocate.
+    with pytest.raises(ValueError, match="not uint8"):
+        safe_unpickle(pickle.dumps(np.zeros(3, dtype=np.int8), protocol=2))
+    # _frombuffer(2**30, None, None, "C"): bytes(2**30) would allocate a GiB.
+    evil = b"\x80\x05cnumpy._core.numeric\n_frombuffer\n(J\x00\x00\x00\x40NN\x8c\x01CtR."
+    with pytest.raises(ValueError, match="array buffer is int"):
+        safe_unpickle(evil)
+    assert safe_unpickle(pickle.dumps({1, 2}, protocol=4)) == {1, 2}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,8 @@ class _ArrayStub:
 
 def _frombuffer_stub(buf: Any, dtype: Any, shape: Any, order: Any) -> _ArrayStub:
     """Stand-in for ``numpy.core.numeric._frombuffer`` (pickle protocol 5)."""
+    if not isinstance(buf, bytes | bytearray | memoryview | pickle.PickleBuffer):
+        raise pickle.UnpicklingError(f"array buffer is {type(buf).__name__}, expected bytes")
     a = _ArrayStub()
     a.shape, a.dtype, a.raw = shape, dtype, bytes(buf)
     if order not in ("C", b"C"):
@@ -166,7 +169,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): _DtypeStub,
     ("_codecs", "encode"): _latin1_encode,
 }
-_ALLOWED_UINT8 = ("u1", "|u1", "uint8", "b", "B")
+_ALLOWED_UINT8 = ("u1", "|u1", "uint8", "B")  # ("b" would be int8)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -187,8 +190,11 @@ def _to_array(stub: _ArrayStub, path: Path) -> np.ndarray:
     raw = stub.raw.encode("latin1") if isinstance(stub.raw, str) else stub.raw
     if not isinstance(raw, bytes | bytearray):
         raise ValueError(f"{path}: array payload is {type(raw).__name__}, expected bytes")
-    shape = tuple(int(s) for s in stub.shape)
-    if int(np.prod(shape)) != len(raw):
+    dims = stub.shape
+    if not isinstance(dims, tuple | list) or not all(type(v) is int and v >= 0 for v in dims):
+        raise ValueError(f"{path}: array shape {dims!r} is not a tuple of non-negative ints")
+    shape = tuple(dims)
+    if math.prod(shape) != len(raw):
         raise ValueError(f"{path}: array shape {shape} does not match its {len(raw):,} bytes")
     return np.frombuffer(bytes(raw), dtype=np.uint8).reshape(shape)
 
@@ -202,6 +208,8 @@ def _resolve(obj: Any, path: Path) -> Any:
     if isinstance(obj, list | tuple):
         seq = [_resolve(v, path) for v in obj]
         return seq if isinstance(obj, list) else tuple(seq)
+    if isinstance(obj, set | frozenset):
+        return type(obj)(_resolve(v, path) for v in obj)
     if obj is None or isinstance(obj, bool | int | float | complex | str | bytes | bytearray):
         return obj
     raise ValueError(f"{path}: unexpected object of type {type(obj).__name__} in the pickle")
@@ -232,11 +240,15 @@ def safe_unpickle(data: bytes, path: str | Path = "<bytes>") -> Any:
             f"{path}: {exc}. Only plain containers, bytes, strings, numbers and uint8 arrays are "
             f"accepted (a hostile or non-CIFAR pickle); use the official cifar-10-batches-py files."
         ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+            RecursionError, MemoryError) as exc:
         raise ValueError(
             f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); the file is corrupt"
         ) from None
-    return _resolve(obj, path)
+    try:
+        return _resolve(obj, path)
+    except RecursionError:
+        raise ValueError(f"{path}: the pickle is nested too deeply; not a CIFAR-10 python batch") from None
 
 
 def _key(d: dict, name: str) -> Any:
