@@ -45,7 +45,7 @@ def pct(x: float | None) -> str:
 def group_table(runs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     runs = sorted(runs, key=lambda r: r["config"]["depth"])
     head = "| MAC budget | " + " | ".join(
-        f"depth {r['config']['depth']} test % (drop) | MACs kept %" for r in runs) + " |"
+        f"depth {r['config']['depth']} test % (change) | MACs kept %" for r in runs) + " |"
     sep = "|---:|" + "---:|---:|" * len(runs)
     lines = [head, sep]
     lines.append("| dense | " + " | ".join(
