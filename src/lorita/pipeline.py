@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorita import io, linalg
+from lorita import distributed, io, linalg
 from lorita.config import TrainConfig
 from lorita.counting import count_macs, count_params
 from lorita.data import DataSplits, TensorLoader, load_dataset
@@ -44,6 +44,7 @@ __all__ = [
     "load_data",
     "make_loaders",
     "build_training_model",
+    "build_info",
     "train_run",
     "load_run",
     "LoadedRun",
@@ -114,6 +115,12 @@ def _model_kwargs(cfg: TrainConfig, data: DataSplits | None) -> dict[str, Any]:
     return kw
 
 
+def build_info(cfg: TrainConfig, data: DataSplits) -> dict[str, Any]:
+    """What rebuilds a run's model without its data: ``{"model", "model_kwargs", "input_shape"}``
+    (stored in the manifest metadata of ``lorita compress`` outputs)."""
+    return {"model": cfg.model, "model_kwargs": _model_kwargs(cfg, data), "input_shape": list(data.input_shape)}
+
+
 def build_training_model(cfg: TrainConfig, data: DataSplits | None = None) -> nn.Module:
     """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets."""
     model = build_model(cfg.model, **_model_kwargs(cfg, data))
@@ -151,10 +158,23 @@ def train_run(
     Returns:
         The summary dict also written to ``summary.json``.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the model trains with DistributedDataParallel: each
+    process gets a disjoint shard of every epoch; rank 0 writes the files (bare-model keys, no
+    ``module.`` prefix) after checking that all replicas hold identical weights.
+
     Raises:
         ValueError: resuming with a different config; data errors from the loaders.
     """
-    out = Path(out_dir)
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _train_run(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train_run(
+    cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "config.json").is_file():
         old = TrainConfig.load(out / "config.json")
@@ -163,8 +183,9 @@ def train_run(
             raise ValueError(f"--resume with a different config than {out / 'config.json'}: {diff}")
     seed_everything(cfg.seed)
     data = load_data(cfg)
-    train, val, _ = make_loaders(data, cfg)
-    model = build_training_model(cfg, data).to(cfg.device)
+    train, val, _ = make_loaders(data, cfg, rank=ctx.rank, world_size=ctx.world_size)
+    model = build_training_model(cfg, data).to(ctx.device)
+    net = distributed.wrap(model, ctx)  # the model itself unless launched by torchrun
     opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, cfg.decay), cfg.lr, cfg.momentum)
     steps = cfg.epochs * len(train)
     sched = make_scheduler(cfg.scheduler, opt, steps, int(cfg.warmup_epochs * len(train)))
@@ -173,7 +194,7 @@ def train_run(
     start_epoch, history = 0, []
     elapsed = 0.0
     if resume and (out / "resume.pt").is_file():
-        state = torch.load(out / "resume.pt", map_location=cfg.device, weights_only=True)
+        state = torch.load(out / "resume.pt", map_location=ctx.device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -181,15 +202,17 @@ def train_run(
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         history = history[:start_epoch]
         logger.info("resuming %s at epoch %d", out, start_epoch)
-    _write_json(out / "config.json", cfg.to_dict())
+    if ctx.is_main:
+        _write_json(out / "config.json", cfg.to_dict())
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train.set_epoch(epoch)
         tr = train_one_epoch(
-            model, train, opt, cfg.device, loss_fn, sched, progress=progress,
+            net, train, opt, ctx.device, loss_fn, sched, progress=progress,
             desc=f"epoch {epoch + 1}/{cfg.epochs} (depth {cfg.depth})", amp_dtype=amp_dtype,
         )
-        va = evaluate(model, val, cfg.device) if len(data.val_y) else {"loss": float("nan"), "acc": float("nan")}
+        tr = distributed.all_reduce_mean(tr, ctx)
+        va = evaluate(model, val, ctx.device) if len(data.val_y) else {"loss": float("nan"), "acc": float("nan")}
         dt = time.perf_counter() - t0
         elapsed += dt
         row = {
@@ -198,13 +221,18 @@ def train_run(
         }
         history.append(row)
         logger.info("epoch %d: train %.4f/%.4f val %.4f", epoch + 1, tr["loss"], tr["acc"], va["acc"])
+        if not ctx.is_main:
+            continue
         io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         _atomic_torch_save(
             {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "epoch": epoch, "elapsed": elapsed},
             out / "resume.pt",
         )
+    distributed.check_replicas_equal(model, ctx)
     model_cpu = model.to("cpu")
+    if not ctx.is_main:
+        return {"rank": ctx.rank, "world_size": ctx.world_size}
     io.save(model_cpu, out / "model.safetensors", metadata={"config": cfg.to_dict()})
     final_val = history[-1]["val_acc"] if history else evaluate(model_cpu, val)["acc"]
     summary = {
@@ -214,6 +242,7 @@ def train_run(
         "val_acc": final_val,
         "train_params": count_params(model_cpu).total_params,
         "wall_seconds": elapsed,
+        "world_size": ctx.world_size,
     }
     _write_json(out / "summary.json", summary)
     return summary
@@ -317,8 +346,9 @@ def compress_run(
     ranks = select_ranks(run.dense, pol, *run.targets)
     dense_row, _ = evaluate_point(run, None, "dense (merged)")
     low_row, low = evaluate_point(run, ranks, f"low-rank ({policy})")
-    io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir)})
-    io.save(low, out / "low_rank.safetensors", metadata={"run": str(run_dir), "policy": policy})
+    build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data
+    io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir), "build": build})
+    io.save(low, out / "low_rank.safetensors", metadata={"run": str(run_dir), "policy": policy, "build": build})
     _write_json(out / "ranks.json", ranks)
     layers = count_macs(low, run.example_inputs)
     report = {"run": str(run_dir), "policy": policy, "dense": dense_row, "low_rank": low_row,

@@ -68,7 +68,7 @@ def factorize_plan(
 ) -> TargetPlan:
     """Which layers :func:`factorize` would replace, and which it would skip and why."""
     return _drop_inner_skips(find_targets(
-        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what="Linear/Conv2d layers"
+        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what="factorizable layers (Linear, Conv1d/2d, MultiheadAttention, GPT-2 Conv1D)"
     ))
 
 
