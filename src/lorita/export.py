@@ -137,6 +137,7 @@ def export_onnx(
         batch = torch.export.Dim("batch")
         dynamic = tuple({0: batch} if t.dim() > 0 else None for t in inputs)
     fd, tmp = atomic_target(path, suffix=".tmp.onnx")
+    mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     was_training = model.training
     model.eval()
@@ -157,6 +158,7 @@ def export_onnx(
                     f"onnxruntime and PyTorch disagree by up to {diff:.3g} (> {ONNX_ATOL:g} + {ONNX_RTOL:g}·|y|); "
                     f"{path} was not written"
                 )
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         model.train(was_training)

@@ -33,6 +33,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lorita.attention import FactorizedMultiheadAttention
+from lorita.distributed import unwrap
 from lorita.layers import (
     FactorizedConv1d,
     FactorizedConv2d,
@@ -127,7 +128,7 @@ def atomic_target(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
             except FileExistsError:
                 continue
         raise ValueError(f"cannot create a temporary file next to {path}")
-    except NotADirectoryError:
+    except (FileExistsError, NotADirectoryError):
         raise ValueError(f"cannot write {path}: a parent of it is a file, not a folder") from None
     except PermissionError:
         raise ValueError(f"cannot write {path}: permission denied; choose a writable folder") from None
@@ -154,8 +155,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def save(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s ``state_dict`` and manifest to one safetensors file, atomically.
 
-    Save the bare model, not a ``DistributedDataParallel`` wrapper (``ddp.module``), so keys carry
-    no ``module.`` prefix; shared (tied) parameters are stored once.
+    A ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrapper is unwrapped first,
+    so keys carry no ``module.`` / ``_orig_mod.`` prefix and load into the bare model class; shared
+    (tied) parameters are stored once.
 
     Args:
         model: dense, factorized or low-rank model.
@@ -171,6 +173,7 @@ def save(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     path = Path(path)
     manifest = manifest_of(model, metadata)
     try:
@@ -178,9 +181,11 @@ def save(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None 
     except (TypeError, ValueError) as exc:
         raise TypeError(f"`metadata` must be JSON-serializable: {exc}") from None
     fd, tmp = atomic_target(path)
+    mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:
         save_model(model, tmp, metadata={"lorita": text})
+        os.chmod(tmp, mode)  # the writer may recreate the file with mode 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -333,8 +338,9 @@ def _check_tensors(work: nn.Module, path: Path, manifest: Mapping[str, Any], cls
         raise ValueError(f"{path} is truncated or corrupt ({exc}); copy it again or re-save it") from None
     sd = work.state_dict()
     layers = manifest.get("layers", {})
-    for key, shape in shapes.items():
-        if key in sd and tuple(sd[key].shape) != shape:
+    for key, tensor in sd.items():  # model order: a layer's weight before its bias
+        shape = shapes.get(key)
+        if shape is not None and tuple(tensor.shape) != shape:
             fqn = _layer_of(key)
             raise ValueError(
                 f"{path}: layer `{fqn}`: `{key}` has shape {shape} in the file but {tuple(sd[key].shape)} in "
