@@ -37,6 +37,7 @@ __all__ = [
     "unwrap",
     "check_replicas_equal",
     "all_reduce_mean",
+    "launch",
     "relaunch",
 ]
 
@@ -174,30 +175,30 @@ def all_reduce_mean(metrics: dict[str, float], ctx: DistContext, weight_key: str
     return out
 
 
-def relaunch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``python -m lorita ARGV`` in ``nproc`` local processes, as ``torchrun --standalone`` does.
+def launch(args: Sequence[str], nproc: int) -> int:
+    """Run ``python ARGS`` in ``nproc`` local processes, as ``torchrun --standalone`` does.
 
     Uses torch's own launcher API (:func:`torch.distributed.launcher.api.elastic_launch`, what
     ``torchrun`` calls), with a c10d rendezvous on a free local port and no restarts; the worker
-    processes see ``RANK``/``WORLD_SIZE``/... and train under DDP. ``OMP_NUM_THREADS`` defaults to
-    1 per process, as with torchrun.
+    processes see ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``.
+    ``OMP_NUM_THREADS`` defaults to 1 per process, as with torchrun.
 
     Args:
-        argv: the lorita command line (without the program name).
+        args: arguments after ``python`` (a script path or ``-m module``, then its arguments).
         nproc: processes on this machine (>= 2).
 
     Returns:
         0 when every process succeeded.
 
     Raises:
-        ValueError: ``nproc`` < 2, or a process failed (its exit code; its own error is printed
-            above by the process).
+        ValueError: ``nproc`` < 2, or a process failed (its exit code; the process prints its own
+            error).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 2:
-        raise ValueError(f"`nproc` must be an int >= 2 to relaunch, got {nproc!r}")
+        raise ValueError(f"`nproc` must be an int >= 2 to launch processes, got {nproc!r}")
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
         rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
@@ -205,12 +206,18 @@ def relaunch(argv: Sequence[str], nproc: int) -> int:
     set_threads = "OMP_NUM_THREADS" not in os.environ
     if set_threads:
         os.environ["OMP_NUM_THREADS"] = "1"
+    logger.info("launching %d processes: python %s", nproc, " ".join(args))
     try:
-        elastic_launch(config, sys.executable)("-m", "lorita", *argv)
+        elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as exc:
         codes = sorted({f.exitcode for f in exc.failures.values()})
-        raise ValueError(f"{len(exc.failures)} of {nproc} training processes failed (exit codes {codes})") from None
+        raise ValueError(f"{len(exc.failures)} of {nproc} processes failed (exit codes {codes})") from None
     finally:
         if set_threads:
             os.environ.pop("OMP_NUM_THREADS", None)
     return 0
+
+
+def relaunch(argv: Sequence[str], nproc: int) -> int:
+    """``lorita ARGV`` in ``nproc`` DDP processes (what ``lorita train --nproc N`` does); see :func:`launch`."""
+    return launch(["-m", "lorita", *argv], nproc)
