@@ -175,7 +175,6 @@ def train_run(
 def _train_run(
     cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext
 ) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "config.json").is_file():
         old = TrainConfig.load(out / "config.json")
         if old.to_dict() != cfg.to_dict():
@@ -203,6 +202,7 @@ def _train_run(
         history = history[:start_epoch]
         logger.info("resuming %s at epoch %d", out, start_epoch)
     if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)  # only once data and model are known to be good
         _write_json(out / "config.json", cfg.to_dict())
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -340,10 +340,10 @@ def compress_run(
     ``low_rank.safetensors`` (+ manifest), ``report.json`` and ``report.md`` to ``out_dir``.
     """
     run = load_run(run_dir, data_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pol = parse_policy(policy, example_inputs=run.example_inputs)
     ranks = select_ranks(run.dense, pol, *run.targets)
+    out = Path(out_dir)  # created only once the inputs are known to be good
+    out.mkdir(parents=True, exist_ok=True)
     dense_row, _ = evaluate_point(run, None, "dense (merged)")
     low_row, low = evaluate_point(run, ranks, f"low-rank ({policy})")
     build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data
