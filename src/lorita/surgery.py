@@ -252,6 +252,8 @@ def singular_values(
 
 
 def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Module]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(ranks, Mapping):
         raise TypeError(f"`ranks` must be a dict {{layer name: int}}, got {type(ranks).__name__}")
     if not ranks:
