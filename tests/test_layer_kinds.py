@@ -284,3 +284,19 @@ def test_scripted_and_traced_layers_match_eager():
         eager = layer(x)
         torch.testing.assert_close(torch.jit.script(layer)(x), eager, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(torch.jit.trace(layer, x, check_trace=False)(x), eager, rtol=1e-6, atol=1e-6)
+
+
+def test_mac_budget_counts_attention_projections_per_token():
+    from lorita.rank import layer_infos
+
+    model = _Attn()
+    x = _x(2, 5, 8)
+    infos = {i.name: i.positions for i in layer_infos(model, example_inputs=x)}
+    assert infos == {"attn.in_proj": 5, "attn.out_proj": 5}  # 5 tokens per sample
+    fact = lorita.factorize(model, depth=2)
+    assert {i.name: i.positions for i in layer_infos(fact, example_inputs=x)} == infos
+    ranks = lorita.select_ranks(fact, lorita.MacBudget(0.5, x))
+    assert ranks == lorita.select_ranks(lorita.merge(fact), lorita.MacBudget(0.5, x))
+    # deployable cost of the projections: min(r·(m+n), m·n) per token, within the budget
+    cost = sum(min(r * (m + n), m * n) for r, (m, n) in zip(ranks.values(), [(24, 8), (8, 8)], strict=True))
+    assert cost <= 0.5 * (24 * 8 + 8 * 8)
