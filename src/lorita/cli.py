@@ -55,8 +55,8 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g = p.add_argument_group("data")
     if not demo:
         g.add_argument("--model", default=d.model, help="reference model (default: %(default)s)")
-        g.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON overrides, e.g. \'{"hidden": [256]}\'')
         g.add_argument("--dataset", default=d.dataset, help="dataset (default: %(default)s)")
+    g.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON overrides, e.g. \'{"hidden": [256]}\'')
     g.add_argument("--data-dir", default=None, help="folder with the data files (default: data/<dataset>)")
     g.add_argument("--val-size", type=int, default=d.val_size, help="validation images carved from train (%(default)s)")
     g.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the validation split (%(default)s)")
@@ -74,7 +74,8 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (%(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay if not demo else 1e-4,
                    help="L2 coefficient on the factors (and, with --decay all, on everything)")
-    g.add_argument("--decay", choices=["all", "weights", "factors"], default=d.decay, help="what to decay (%(default)s)")
+    g.add_argument("--decay", choices=["all", "weights", "factors"], default=d.decay,
+                   help="what to decay (%(default)s)")
     g.add_argument("--epochs", type=int, default=d.epochs if not demo else 8)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--scheduler", choices=["cosine", "constant", "step"], default=d.scheduler)

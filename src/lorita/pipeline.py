@@ -145,7 +145,11 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def train_run(
-    cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    data: DataSplits | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` and write the folder described in the module docstring.
 
@@ -154,6 +158,7 @@ def train_run(
         out_dir: output folder (created).
         progress: show tqdm bars.
         resume: continue from ``out_dir/resume.pt`` if present (same config required).
+        data: already loaded splits of ``cfg.dataset`` (skips loading; ``limit_train`` not re-applied).
 
     Returns:
         The summary dict also written to ``summary.json``.
@@ -167,13 +172,14 @@ def train_run(
     """
     ctx = distributed.setup(cfg.device)
     try:
-        return _train_run(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx)
+        return _train_run(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx, data)
     finally:
         distributed.teardown(ctx)
 
 
 def _train_run(
-    cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext
+    cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext,
+    data: DataSplits | None,
 ) -> dict[str, Any]:
     if resume and (out / "config.json").is_file():
         old = TrainConfig.load(out / "config.json")
@@ -181,7 +187,7 @@ def _train_run(
             diff = {k: (v, cfg.to_dict()[k]) for k, v in old.to_dict().items() if cfg.to_dict()[k] != v}
             raise ValueError(f"--resume with a different config than {out / 'config.json'}: {diff}")
     seed_everything(cfg.seed)
-    data = load_data(cfg)
+    data = data if data is not None else load_data(cfg)
     train, val, _ = make_loaders(data, cfg, rank=ctx.rank, world_size=ctx.world_size)
     model = build_training_model(cfg, data).to(ctx.device)
     net = distributed.wrap(model, ctx)  # the model itself unless launched by torchrun

@@ -11,7 +11,7 @@ from typing import Any
 
 from lorita import io
 from lorita.config import TrainConfig
-from lorita.pipeline import DEFAULT_POINTS, load_run, sweep_run, train_run
+from lorita.pipeline import DEFAULT_POINTS, load_data, load_run, sweep_run, train_run
 from lorita.plots import plot_curves, plot_spectra, plot_sweeps
 from lorita.report import pct, side_by_side
 from lorita.surgery import singular_values
@@ -39,6 +39,7 @@ def report_runs(
     labels: Sequence[str] | None = None,
     policy: str = "params",
     progress: bool = True,
+    data: Any = None,
 ) -> Path:
     """Compare trained runs: spectra per layer, training curves, accuracy vs params kept.
 
@@ -58,7 +59,7 @@ def report_runs(
     out.mkdir(parents=True, exist_ok=True)
     spectra, sweeps, names, histories = {}, [], [], {}
     for i, run_dir in enumerate(runs):
-        loaded = load_run(run_dir, data_dir)
+        loaded = load_run(run_dir, data_dir, data=data)
         name = labels[i] if labels else _label(loaded.cfg)
         if name in spectra:
             name = f"{name} ({run_dir.name})"
@@ -127,15 +128,17 @@ def run_demo(
     if headline_budget not in budgets:
         budgets = sorted(set(budgets) | {headline_budget})
     run_dirs, sweeps, summaries = [], [], []
+    data = load_data(cfg)
     for depth in depths:
         run_cfg = dataclasses.replace(cfg, depth=depth)
         run_dir = out / f"depth{depth}"
         logger.info("demo: training depth %d", depth)
-        summaries.append(train_run(run_cfg, run_dir, progress=progress))
-        sweeps.append(sweep_run(run_dir, "params", budgets, run_dir / "sweep-params", progress=progress))
+        summaries.append(train_run(run_cfg, run_dir, progress=progress, data=data))
+        sweeps.append(sweep_run(run_dir, "params", budgets, run_dir / "sweep-params", progress=progress,
+                                run=load_run(run_dir, data=data)))
         run_dirs.append(run_dir)
     labels = [f"depth {d}" for d in depths]
-    report_runs(run_dirs, out, labels=labels, policy="params", progress=progress)
+    report_runs(run_dirs, out, labels=labels, policy="params", progress=progress, data=data)
     head = [
         f"## LoRITa demo: FCN {cfg.model_kwargs or '784-512-512-512-10'} on MNIST",
         "",

@@ -1,0 +1,98 @@
+"""CLI smoke tests on a small slice of the bundled MNIST, and one-line errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lorita
+from lorita.cli import main
+from lorita.models import FCN
+
+SMALL = ["--limit-train", "1500", "--val-size", "500", "--epochs", "1", "--batch-size", "100"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "d3"
+    rc = main(["--no-progress", "train", "--depth", "3", "--model-kwargs", '{"hidden": [64, 64]}',
+               "--optimizer", "adam", "--lr", "0.003", *SMALL, "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_checkpoint_config_metrics(trained):
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["depth"] == 3 and cfg["model_kwargs"] == {"hidden": [64, 64]}
+    rows = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and {"train_loss", "train_acc", "val_acc", "val_loss"} <= set(rows[0])
+    assert rows[0]["val_acc"] > 0.5  # 1 epoch on 1,500 digits: well above chance (0.1)
+    man = lorita.read_manifest(trained / "model.safetensors")
+    assert man["layers"]["layers.0"] == {"form": "factorized", "kind": "FactorizedLinear", "depth": 3}
+
+
+def test_compress_outputs_and_merged_loads_into_plain_class(trained, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["--no-progress", "compress", str(trained), "--policy", "energy:0.9", "--out", str(out)]) == 0
+    for f in ("merged.safetensors", "low_rank.safetensors", "ranks.json", "report.json", "report.md"):
+        assert (out / f).is_file(), f
+    report = json.loads((out / "report.json").read_text())
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert set(ranks) == {"layers.0", "layers.2", "layers.4"}
+    assert report["low_rank"]["weight_params"] < report["dense"]["weight_params"]
+    # merged weights load strictly into the unmodified model class
+    plain = lorita.load(FCN(hidden=(64, 64)), out / "merged.safetensors")
+    assert all(type(m) is not lorita.FactorizedLinear for m in plain.modules())
+    low = lorita.load(FCN(hidden=(64, 64)), out / "low_rank.safetensors")
+    x = torch.randn(3, 1, 28, 28)
+    want = lorita.to_low_rank(plain, ranks).eval()(x)
+    torch.testing.assert_close(low.eval()(x), want, atol=1e-5, rtol=1e-5)
+    assert "low-rank:" in capsys.readouterr().out
+
+
+def test_sweep_and_report(trained, tmp_path):
+    out = tmp_path / "s"
+    assert main(["--no-progress", "sweep", str(trained), "--policy", "params", "--points", "0.1,0.5",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    assert [p["point"] for p in res["points"]] == [0.1, 0.5]
+    assert all(p["weight_params_frac"] <= p["point"] + 1e-9 for p in res["points"])
+    assert (out / "sweep.png").stat().st_size > 1000
+    rep = tmp_path / "rep"
+    assert main(["--no-progress", "report", str(trained), "--out", str(rep)]) == 0
+    assert (rep / "spectra.png").is_file() and (rep / "accuracy_vs_params.png").is_file()
+    assert "Accuracy vs weight params kept" in (rep / "report.md").read_text()
+
+
+def test_demo_smoke(tmp_path, capsys):
+    rc = main(["--no-progress", "demo", "--out", str(tmp_path), *SMALL, "--budgets", "0.1,0.5",
+               "--model-kwargs", "{\"hidden\": [64, 64]}"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "depth 1" in text and "depth 3" in text
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "demo.json").is_file()
+    assert (tmp_path / "depth1" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["compress", "/nonexistent/run", "--policy", "energy:0.9"], "run folder /nonexistent/run does not exist"),
+    (["train", "--depth", "0", "--out", "x"], "`depth` must be an int >= 1"),
+    (["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/t"],
+     "MNIST folder /nonexistent/mnist does not exist"),
+])
+def test_cli_errors_are_one_line(argv, match, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lorita: error:") and match in err and "Traceback" not in err
+
+
+def test_unknown_policy_from_a_subprocess_has_no_traceback(trained):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorita", "compress", str(trained), "--policy", "entropy:0.9"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown policy kind 'entropy'" in proc.stderr and "Traceback" not in proc.stderr

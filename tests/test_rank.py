@@ -1,0 +1,119 @@
+"""Rank policies on hand-made spectra: values, minimality, budgets met, parsing."""
+
+import pytest
+import torch
+from torch import nn
+
+import lorita
+from lorita.rank import LayerInfo, _budget_ranks, deployable_cost, parse_policy
+
+
+def _info(name, S, shape, positions=None):
+    return LayerInfo(name, torch.tensor(S, dtype=torch.float64), shape, positions)
+
+
+def _model_with_spectra(spectra):
+    """Sequential of Linear layers whose weights have exactly the given singular values."""
+    layers = []
+    g = torch.Generator().manual_seed(0)
+    for (m, n), S in spectra:
+        lin = nn.Linear(n, m, bias=False).double()
+        U, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+        V, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+        k = len(S)
+        with torch.no_grad():
+            lin.weight.copy_(U[:, :k] @ torch.diag(torch.tensor(S, dtype=torch.float64)) @ V[:, :k].T)
+        layers.append(lin)
+    return nn.Sequential(*layers)
+
+
+SPECTRA = [((6, 8), [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]), ((5, 6), [1.0, 0.9, 0.1, 0.01, 0.001])]
+
+
+def test_layer_policies_on_known_spectra():
+    model = _model_with_spectra(SPECTRA)
+    assert lorita.select_ranks(model, lorita.FixedRank(3)) == {"0": 3, "1": 3}
+    assert lorita.select_ranks(model, lorita.FixedRank(100)) == {"0": 6, "1": 5}  # clamped
+    assert lorita.select_ranks(model, lorita.RankRatio(0.5)) == {"0": 3, "1": 2}
+    # energies layer 0: squares 64,16,4,1,.25,.0625 (total 85.3125): r=1 -> .750, r=2 -> .938, r=3 -> .985
+    assert lorita.select_ranks(model, lorita.EnergyThreshold(0.95)) == {"0": 3, "1": 2}
+    assert lorita.select_ranks(model, lorita.EnergyThreshold(0.75)) == {"0": 1, "1": 2}
+    # global: sigma_i/sigma_1 >= 0.1 -> layer0: 8,4,2,1 ; layer1: 1,.9,.1
+    assert lorita.select_ranks(model, lorita.GlobalThreshold(0.1)) == {"0": 4, "1": 3}
+
+
+def test_policy_strings_parse_to_dataclasses():
+    assert parse_policy("energy:0.99") == lorita.EnergyThreshold(0.99)
+    assert parse_policy("ratio:0.1") == lorita.RankRatio(0.1)
+    assert parse_policy("global:0.05") == lorita.GlobalThreshold(0.05)
+    assert parse_policy("params:0.05") == lorita.ParamBudget(0.05)
+    assert parse_policy("rank:16") == lorita.FixedRank(16)
+    assert parse_policy("macs:0.1", example_inputs=torch.zeros(1, 3)).fraction == 0.1
+
+
+@pytest.mark.parametrize("text,match", [
+    ("energy", "expected kind:value"),
+    ("entropy:0.9", "unknown policy kind 'entropy'"),
+    ("energy:abc", "invalid value 'abc'"),
+    ("energy:1.5", r"`energy` must be in \(0, 1\]"),
+    ("params:0", r"`fraction` must be in \(0, 1\]"),
+    ("params:1.2", r"`fraction` must be in \(0, 1\]"),
+    ("rank:0", "`rank` must be an int >= 1"),
+    ("macs:0.1", "MacBudget needs `example_inputs`"),
+])
+def test_bad_policy_strings_name_the_problem(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_policy(text)
+
+
+def test_param_budget_is_met_and_discards_least_energy_per_param():
+    infos = [_info("a", [10.0, 1.0, 0.1, 0.01], (4, 100)), _info("b", [5.0, 4.0, 3.0, 2.0], (4, 100))]
+    dense = 2 * 400
+    for frac in (0.9, 0.6, 0.5, 0.3):
+        ranks = _budget_ranks(infos, frac, use_macs=False)
+        cost = sum(deployable_cost(4, 100, ranks[n]) for n in "ab")
+        assert cost <= frac * dense
+        assert all(r >= 1 for r in ranks.values())
+    # At 0.5 of 800 = 400 weights, 104 per rank: 3 ranks in total fit (312 <= 400 < 416).
+    # Least normalized energy lost: keep a at rank 1 (it holds 99% there), b keeps 2.
+    assert _budget_ranks(infos, 0.5, use_macs=False) == {"a": 1, "b": 2}
+
+
+def test_budget_counts_a_layer_dense_until_splitting_pays():
+    # 10x10: split pays only for r < 5 (r·20 < 100).
+    infos = [_info("sq", [1.0] * 10, (10, 10))]
+    assert _budget_ranks(infos, 1.0, use_macs=False) == {"sq": 10}
+    ranks = _budget_ranks(infos, 0.8, use_macs=False)
+    assert ranks == {"sq": 4} and deployable_cost(10, 10, 4) == 80
+
+
+def test_infeasible_budget_says_the_floor():
+    infos = [_info("a", [1.0, 0.5], (2, 100))]
+    with pytest.raises(ValueError, match=r"budget 0.001 cannot be met: even rank 1 .* keeps 0.5100"):
+        _budget_ranks(infos, 0.001, use_macs=False)
+
+
+def test_mac_budget_weights_layers_by_output_positions():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)  # 64 positions at 8x8
+            self.fc = nn.Linear(512, 8)  # 1 position
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    model = Net()
+    x = torch.zeros(2, 8, 8, 8)
+    ranks = lorita.select_ranks(model, lorita.MacBudget(0.5, x))
+    macs = lorita.count_macs(lorita.to_low_rank(model, ranks), x).total_macs
+    dense = lorita.count_macs(model, x).total_macs
+    assert macs <= 0.5 * dense
+    # The param budget at the same fraction treats fc (4096 weights) as the big layer instead.
+    pranks = lorita.select_ranks(model, lorita.ParamBudget(0.5))
+    assert pranks["fc"] < 8 and ranks["fc"] == 8
+
+
+def test_unknown_policy_object_is_a_type_error(mlp):
+    with pytest.raises(TypeError, match="unknown rank policy"):
+        lorita.select_ranks(mlp, 0.5)
