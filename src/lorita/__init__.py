@@ -4,9 +4,18 @@ Factorize layers into ``depth`` linear factors, train with plain weight decay, m
 back, truncate by SVD, and ship the two-layer low-rank model.
 """
 
+from lorita.attention import FactorizedMultiheadAttention
 from lorita.counting import CostReport, LayerCost, count_macs, count_params
+from lorita.export import export_onnx
 from lorita.io import load, read_manifest, save
-from lorita.layers import FactorizedConv2d, FactorizedLinear, LowRankConv2d, LowRankLinear
+from lorita.layers import (
+    FactorizedConv1d,
+    FactorizedConv2d,
+    FactorizedLinear,
+    LowRankConv1d,
+    LowRankConv2d,
+    LowRankLinear,
+)
 from lorita.optim import param_groups
 from lorita.rank import (
     EnergyThreshold,
@@ -28,18 +37,24 @@ from lorita.surgery import (
     truncate,
 )
 from lorita.targeting import TargetPlan
+from lorita.transposed import FactorizedTransposedLinear, LowRankTransposedLinear
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CostReport",
     "EnergyThreshold",
+    "FactorizedConv1d",
     "FactorizedConv2d",
+    "FactorizedMultiheadAttention",
+    "FactorizedTransposedLinear",
     "FactorizedLinear",
     "FixedRank",
     "GlobalThreshold",
     "LayerCost",
+    "LowRankConv1d",
     "LowRankConv2d",
+    "LowRankTransposedLinear",
     "LowRankLinear",
     "MacBudget",
     "ParamBudget",
@@ -48,6 +63,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "effective_weight",
+    "export_onnx",
     "factorize",
     "factorize_plan",
     "load",
