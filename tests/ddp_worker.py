@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from deploy_fixtures import train_args
 from safetensors.torch import save_file
 from torch import nn
 
 import lorita
+from deploy_fixtures import train_args
 from lorita import distributed
 from lorita.cli import main as cli_main
 from lorita.data import TensorLoader

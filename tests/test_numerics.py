@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from deploy_fixtures import assert_same_state, state_copy
 from torch import nn
 
 import lorita
+from deploy_fixtures import assert_same_state, state_copy
 from lorita import linalg
 
 

@@ -187,7 +187,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     # torch.onnx warns about optional torchvision ops it skips; not the user's concern here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     path, diff = export_dir(args.dir, args.onnx, form=args.form, policy=args.policy, data_dir=args.data_dir)
-    check = "" if diff is None else f" (onnxruntime vs PyTorch: max |diff| {diff:.2g} <= {ONNX_ATOL:g} + {ONNX_RTOL:g}·|y|)"
+    tol = f"{ONNX_ATOL:g} + {ONNX_RTOL:g}·|y|"
+    check = "" if diff is None else f" (onnxruntime vs PyTorch: max |diff| {diff:.2g} <= {tol})"
     print(f"exported {args.form} model -> {path}{check}")
     return 0
 

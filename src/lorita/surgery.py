@@ -40,6 +40,7 @@ FACTORIZED_TYPES: tuple[type, ...] = kinds.FACTORIZED_TYPES
 LOW_RANK_TYPES: tuple[type, ...] = kinds.LOW_RANK_TYPES
 DENSE_TYPES: tuple[type, ...] = kinds.DENSE_TYPES
 _FACTORIZE_KINDS = kinds.FACTORIZE_CHECKS
+_FACTORIZABLE = "factorizable layers (Linear, Conv1d/2d, MultiheadAttention, GPT-2 Conv1D)"
 _WEIGHT_KINDS = kinds.WEIGHT_CHECKS
 
 
@@ -68,7 +69,7 @@ def factorize_plan(
 ) -> TargetPlan:
     """Which layers :func:`factorize` would replace, and which it would skip and why."""
     return _drop_inner_skips(find_targets(
-        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what="factorizable layers (Linear, Conv1d/2d, MultiheadAttention, GPT-2 Conv1D)"
+        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what=_FACTORIZABLE
     ))
 
 
