@@ -73,9 +73,10 @@ def test_attention_projections_factorize_merge_and_truncate(case, tmp_path):
     trunc = lorita.truncate(dense, ranks).eval()
     low = lorita.to_low_rank(dense, ranks).eval()
     torch.testing.assert_close(_out(low, x), _out(trunc, x), rtol=1e-4, atol=1e-5)
-    path = lorita.save(low, tmp_path / "low.safetensors")
-    back = lorita.load(build(), path).eval()
-    assert torch.equal(_out(back, x), _out(low, x))
+    for form, m in (("low", low), ("fact", fact)):
+        path = lorita.save(m, tmp_path / f"{form}.safetensors")
+        back = lorita.load(build(), path).eval()
+        assert torch.equal(_out(back, x), _out(m, x)), form
 
 
 def test_gpt2_conv1d_is_read_transposed_and_merges_back_to_conv1d():

@@ -121,6 +121,8 @@ def test_attention_macs_by_hand_and_low_rank_keeps_it_dense(caplog):
     x = _x(1, 5, 8)
     rep = lorita.count_macs(model, x)
     assert rep.row("attn").macs == 5 * 8 * 24 + 5 * 8 * 8 + 2 * 5 * 5 * 8
+    fact = lorita.factorize(model, depth=2)  # + the factor products, once per forward (batch 1 here)
+    assert lorita.count_macs(fact, x).row("attn").macs == rep.row("attn").macs + 24 * 8 * 8 + 8 * 8 * 8
     with caplog.at_level(logging.INFO, logger="lorita.surgery"):
         low = lorita.to_low_rank(model, {"attn.in_proj": 2, "attn.out_proj": 3})
     assert type(low.attn) is nn.MultiheadAttention

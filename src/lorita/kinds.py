@@ -54,6 +54,8 @@ __all__ = [
     "factorized_class",
     "low_rank_class",
     "dense_reason",
+    "effective_matrix_weight",
+    "is_transposed_linear",
     "matrix_shape",
 ]
 
@@ -219,10 +221,8 @@ def low_rank_class(target: object) -> type | None:
 
 def dense_reason(module: nn.Module) -> str | None:
     """Why a dense layer cannot be handled, or ``None`` (also ``None`` for non-dense kinds)."""
-    try:
-        return _DENSE_CHECKS.get(type(module), _zero if is_transposed_linear(module) else _ok)(module)
-    except AttributeError:
-        return None
+    check = _DENSE_CHECKS.get(type(module), _zero if is_transposed_linear(module) else _ok)
+    return check(module)
 
 
 def effective_matrix_weight(target: object) -> Tensor | None:
