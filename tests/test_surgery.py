@@ -222,3 +222,12 @@ def test_dtype_and_requires_grad_are_kept():
     assert not any(p.requires_grad for p in f[1].parameters())
     d = lorita.merge(f)
     assert d[0].weight.dtype == torch.float64 and not d[1].weight.requires_grad
+
+
+def test_surgery_keeps_train_eval_mode(cnn):
+    cnn.eval()
+    f = lorita.factorize(cnn, depth=2)
+    assert not any(m.training for m in f.modules())
+    d = lorita.merge(f)
+    assert not any(m.training for m in d.modules())
+    assert not any(m.training for m in lorita.to_low_rank(d, {"head": 2}).modules())

@@ -198,6 +198,7 @@ class FactorizedLinear(nn.Module):
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(linear.training)
         return layer
 
     def to_dense(self) -> nn.Linear:
@@ -213,6 +214,7 @@ class FactorizedLinear(nn.Module):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:
@@ -407,6 +409,7 @@ class FactorizedConv2d(nn.Module):
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(conv.training)
         return layer
 
     def to_dense(self) -> nn.Conv2d:
@@ -432,6 +435,7 @@ class FactorizedConv2d(nn.Module):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:
@@ -489,6 +493,7 @@ class LowRankLinear(nn.Module):
             if linear.bias is not None:
                 layer.second.bias.copy_(linear.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(linear.training)
         return layer
 
     def to_dense(self) -> nn.Linear:
@@ -502,6 +507,7 @@ class LowRankLinear(nn.Module):
             if self.second.bias is not None:
                 dense.bias.copy_(self.second.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:
@@ -571,6 +577,7 @@ class LowRankConv2d(nn.Module):
             if conv.bias is not None:
                 layer.second.bias.copy_(conv.bias)
         layer.requires_grad_(w.requires_grad)
+        layer.train(conv.training)
         return layer
 
     def to_dense(self) -> nn.Conv2d:
@@ -586,6 +593,7 @@ class LowRankConv2d(nn.Module):
             if s.bias is not None:
                 dense.bias.copy_(s.bias)
         dense.requires_grad_(s.weight.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:
