@@ -196,6 +196,7 @@ class FactorizedMultiheadAttention(nn.Module):
                 new.bias_k.copy_(mha.bias_k)
                 new.bias_v.copy_(mha.bias_v)
         new.requires_grad_(w.requires_grad)
+        new.train(mha.training)
         return new
 
     def to_dense(self) -> nn.MultiheadAttention:
@@ -225,6 +226,7 @@ class FactorizedMultiheadAttention(nn.Module):
                 dense.bias_k.copy_(self.bias_k)
                 dense.bias_v.copy_(self.bias_v)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
     def extra_repr(self) -> str:

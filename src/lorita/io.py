@@ -250,13 +250,15 @@ def _low_rank_skeleton(cls: type, mod: nn.Module, rank: int) -> nn.Module:
     w = mod.weight
     kw = {"device": w.device, "dtype": w.dtype}
     if cls is LowRankTransposedLinear:
-        return cls(int(w.shape[0]), int(w.shape[1]), rank, mod.bias is not None, dense_cls=type(mod), **kw)
-    if cls is LowRankLinear:
-        return cls(mod.in_features, mod.out_features, rank, mod.bias is not None, **kw)
-    return cls(
-        mod.in_channels, mod.out_channels, mod.kernel_size, rank, mod.stride, mod.padding, mod.dilation,
-        mod.bias is not None, mod.padding_mode, **kw,
-    )
+        new = cls(int(w.shape[0]), int(w.shape[1]), rank, mod.bias is not None, dense_cls=type(mod), **kw)
+    elif cls is LowRankLinear:
+        new = cls(mod.in_features, mod.out_features, rank, mod.bias is not None, **kw)
+    else:
+        new = cls(
+            mod.in_channels, mod.out_channels, mod.kernel_size, rank, mod.stride, mod.padding, mod.dilation,
+            mod.bias is not None, mod.padding_mode, **kw,
+        )
+    return new.train(mod.training)
 
 
 def _rebuild(model: nn.Module, layers: Mapping[str, Any], path: Path) -> None:

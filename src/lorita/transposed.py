@@ -83,6 +83,7 @@ class FactorizedTransposedLinear(FactorizedLinear):
             if layer.bias is not None:
                 new.bias.copy_(layer.bias)
         new.requires_grad_(w.requires_grad)
+        new.train(layer.training)
         return new
 
     def to_dense(self) -> nn.Module:
@@ -103,6 +104,7 @@ class FactorizedTransposedLinear(FactorizedLinear):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
 
 
@@ -139,6 +141,7 @@ class LowRankTransposedLinear(LowRankLinear):
             if layer.bias is not None:
                 new.second.bias.copy_(layer.bias)
         new.requires_grad_(w.requires_grad)
+        new.train(layer.training)
         return new
 
     def to_dense(self) -> nn.Module:
@@ -152,4 +155,5 @@ class LowRankTransposedLinear(LowRankLinear):
             if self.second.bias is not None:
                 dense.bias.copy_(self.second.bias)
         dense.requires_grad_(w.requires_grad)
+        dense.train(self.training)
         return dense
