@@ -62,10 +62,12 @@ def test_factorize_merge_is_exact_and_keeps_the_architecture(case):
     _, build, x, cls, fqn, _, _ = case
     model = build().eval()
     before = state_copy(model)
-    fact = lorita.factorize(model, depth=3).eval()
+    fact = lorita.factorize(model, depth=3)
     assert isinstance(fact.get_submodule(fqn), cls)
+    assert not any(m.training for m in fact.modules())  # eval mode carried over
     assert_same_state(model, before)  # input untouched (copy by default)
-    dense = lorita.merge(fact).eval()
+    dense = lorita.merge(fact)
+    assert not any(m.training for m in dense.modules())
     with torch.no_grad():
         torch.testing.assert_close(dense(x), fact(x), rtol=1e-5, atol=1e-6)
     assert type(dense.get_submodule(fqn)) is type(model.get_submodule(fqn))
