@@ -6,7 +6,9 @@ back, truncate by SVD, and ship the two-layer low-rank model.
 
 from lorita.attention import FactorizedMultiheadAttention
 from lorita.counting import CostReport, LayerCost, count_macs, count_params
+from lorita.distill import DistillConfig, distillation_loss
 from lorita.export import export_onnx
+from lorita.finetune import FinetuneConfig, finetune
 from lorita.io import load, read_manifest, save
 from lorita.layers import (
     FactorizedConv1d,
@@ -17,6 +19,7 @@ from lorita.layers import (
     LowRankLinear,
 )
 from lorita.optim import param_groups
+from lorita.quantize import load_quantized, quantize_int8, save_quantized
 from lorita.rank import (
     EnergyThreshold,
     FixedRank,
@@ -27,6 +30,7 @@ from lorita.rank import (
     parse_policy,
     select_ranks,
 )
+from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.surgery import (
     effective_weight,
     factorize,
@@ -42,6 +46,19 @@ from lorita.transposed import FactorizedTransposedLinear, LowRankTransposedLinea
 __version__ = "0.1.0"
 
 __all__ = [
+    # search, fine-tuning, distillation, int8 (issue 3)
+    "BatchEvaluator",
+    "DistillConfig",
+    "FinetuneConfig",
+    "GreedySearch",
+    "SearchResult",
+    "distillation_loss",
+    "finetune",
+    "load_quantized",
+    "quantize_int8",
+    "save_quantized",
+    "search",
+    # core
     "CostReport",
     "EnergyThreshold",
     "FactorizedConv1d",

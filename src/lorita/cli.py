@@ -143,8 +143,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from lorita.pipeline import compress_run
 
+    if args.search is not None:
+        return cmd_compress_search(args)
+    if args.policy is None:
+        raise ValueError("give a rank policy (--policy energy:0.99 ...) or --search greedy --tolerance 1.0")
+    if args.quantize is not None:
+        _check_quantize(args.quantize)
     out = args.out or str(Path(args.run) / "compressed")
     rep = compress_run(args.run, args.policy, out, data_dir=args.data_dir)
+    if args.quantize is not None:
+        from lorita.search_pipeline import quantize_compressed
+
+        rep = quantize_compressed(out, data_dir=args.data_dir)
+        q = rep["int8"]
+        print(f"int8:     val {100 * q['val_acc']:.2f}%  test {100 * q['test_acc']:.2f}%  "
+              f"{q['bytes']:,} bytes (low-rank float: {rep['low_rank']['bytes']:,})")
     d, lr = rep["dense"], rep["low_rank"]
     print(f"dense:    val {100 * d['val_acc']:.2f}%  test {100 * d['test_acc']:.2f}%  "
           f"params {d['params']:,}  MACs {d['macs']:,}")
@@ -158,7 +171,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from lorita.pipeline import sweep_run
 
     out = args.out or str(Path(args.run) / f"sweep-{args.policy}")
-    res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir, progress=not args.no_progress)
+    res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
+                    progress=not args.no_progress, search_tolerances=args.search_tolerances)
     print((Path(out) / "sweep.md").read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0
@@ -193,6 +207,89 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rank search, fine-tuning, distillation, int8 (issue 3) ---------------------------------------
+def _check_quantize(kind: str) -> None:
+    from lorita.quantize import int8_available
+
+    reason = int8_available()
+    if reason is not None:
+        raise ValueError(f"--quantize {kind} is not available here: {reason}")
+
+
+def _search_config(args: argparse.Namespace):
+    from lorita.distill import DistillConfig
+    from lorita.finetune import FinetuneConfig
+    from lorita.rank_search import GreedySearch, parse_budget
+
+    budget = None if args.budget is None else parse_budget(args.budget)
+    ft = None
+    if args.finetune_epochs or args.distill:
+        distill = DistillConfig(args.distill_temperature, args.distill_weight) if args.distill else None
+        ft = FinetuneConfig(epochs=max(1, args.finetune_epochs), max_batches=args.finetune_batches,
+                            optimizer=args.finetune_optimizer, lr=args.finetune_lr, distill=distill,
+                            when=args.finetune_when)
+    return GreedySearch(tolerance=args.tolerance, budget=budget, initial_step=args.initial_step,
+                        multiple=args.multiple, criterion=args.criterion, keep_dense=not args.no_keep_dense,
+                        finetune=ft, seed=args.seed)
+
+
+def cmd_compress_search(args: argparse.Namespace) -> int:
+    from lorita.search_pipeline import compress_search_run
+
+    if args.policy is not None:
+        raise ValueError("give either --policy (one-shot) or --search (greedy), not both")
+    if args.quantize is not None:
+        _check_quantize(args.quantize)
+    cfg = _search_config(args)
+    out = args.out or str(Path(args.run) / "searched")
+    rep = compress_search_run(args.run, out, cfg, data_dir=args.data_dir, quantize=args.quantize,
+                              val_samples=args.val_samples, exclude_modules=args.exclude_modules,
+                              progress=not args.no_progress)
+    for key in ("dense", "low_rank", "int8"):
+        r = rep.get(key)
+        if r:
+            print(f"{r['label']}: val {100 * r['val_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
+                  f"params {r['params']:,}  MACs {r['macs']:,} ({100 * r['macs_frac']:.1f}%)  "
+                  f"{r['bytes']:,} bytes")
+    print(f"search: {rep['search']['stop_reason']} -> {out} (search_trace.json, report.md)")
+    return 0
+
+
+def _add_search_args(c: argparse.ArgumentParser) -> None:
+    g = c.add_argument_group("rank search (instead of --policy)")
+    g.add_argument("--search", choices=["greedy"], default=None,
+                   help="greedy layer-by-layer rank reduction chosen on the validation split")
+    g.add_argument("--tolerance", type=float, default=1.0,
+                   help="allowed drop of validation accuracy in points (%(default)s)")
+    g.add_argument("--budget", default=None, help="stop once met: params:F or macs:F (fraction of dense)")
+    g.add_argument("--initial-step", type=int, default=None, help="first rank step (default: max rank / 8)")
+    g.add_argument("--multiple", type=int, default=1,
+                   help="round ranks down to a multiple of this (%(default)s)")
+    g.add_argument("--criterion", choices=["loss", "loss_per_cost"], default="loss",
+                   help="pick the reduction with the lowest val loss, or loss increase per MAC saved")
+    g.add_argument("--no-keep-dense", action="store_true",
+                   help="allow truncated dense layers that save nothing (the paper's behaviour)")
+    g.add_argument("--exclude-modules", type=_targets, default=None,
+                   help="layers not to search (regex or comma list)")
+    g.add_argument("--val-samples", type=int, default=None, help="use only the first N validation images")
+    g.add_argument("--seed", type=int, default=0, help="seed for fine-tuning (%(default)s)")
+    g = c.add_argument_group("fine-tuning and distillation (with --search)")
+    g.add_argument("--finetune-epochs", type=int, default=0, help="epochs per fine-tune; 0 = no fine-tuning")
+    g.add_argument("--finetune-batches", type=int, default=None, help="cap on batches per fine-tune")
+    g.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate (%(default)s)")
+    g.add_argument("--finetune-optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    g.add_argument("--finetune-when", choices=["recover", "every"], default="recover",
+                   help="recover: only when no reduction fits (paper); every: after each step too")
+    g.add_argument("--distill", action="store_true",
+                   help="distill from the dense merged model while fine-tuning")
+    g.add_argument("--distill-temperature", type=float, default=4.0)
+    g.add_argument("--distill-weight", type=float, default=0.5, help="share of the soft-target loss")
+    g = c.add_argument_group("quantization")
+    g.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also write a dynamic-int8 copy of the low-rank model (Linear layers)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lorita",
@@ -214,10 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="merge, choose ranks, split into low-rank layers, report")
     c.add_argument("run", help="folder written by `lorita train`")
-    c.add_argument("--policy", required=True,
+    c.add_argument("--policy", default=None,
                    help="energy:0.99 | ratio:0.1 | global:0.05 | params:0.05 | macs:0.1 | rank:16")
-    c.add_argument("--out", default=None, help="output folder (default: RUN/compressed)")
+    c.add_argument("--out", default=None, help="output folder (default: RUN/compressed, RUN/searched)")
     c.add_argument("--data-dir", default=None, help="override the run's data folder")
+    _add_search_args(c)
     c.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("sweep", help="accuracy vs cost over many policy points (JSON + Markdown + PNG)")
@@ -226,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--points", type=_floats, default=None, help="comma-separated policy values")
     s.add_argument("--out", default=None, help="output folder (default: RUN/sweep-POLICY)")
     s.add_argument("--data-dir", default=None, help="override the run's data folder")
+    s.add_argument("--search-tolerances", type=_floats, default=None,
+                   help="also run the greedy rank search at these tolerances (points) and plot them")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="spectra and accuracy-vs-params plots for one or more runs")

@@ -380,9 +380,12 @@ def sweep_run(
     data_dir: str | None = None,
     progress: bool = True,
     run: LoadedRun | None = None,
+    search_tolerances: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Accuracy vs cost for many points of one policy kind from one trained model.
 
+    With ``search_tolerances`` (accuracy points), the greedy rank search (:func:`lorita.search`)
+    also runs once per tolerance; its points go to ``search_points`` and onto the same plot.
     Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``out_dir``.
     """
     from tqdm.auto import tqdm
@@ -410,10 +413,21 @@ def sweep_run(
         rows.append(row)
     result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
               "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows}
+    series, labels = [result], [f"depth {run.cfg.depth}"]
+    if search_tolerances:
+        from lorita.search_pipeline import search_points
+
+        result["search_points"] = search_points(run, search_tolerances, progress=progress)
+        series.append({"dense": dense_row, "points": result["search_points"]})
+        labels = [f"depth {run.cfg.depth}, {policy_kind}", f"depth {run.cfg.depth}, greedy search"]
     _write_json(out / "sweep.json", result)
     from lorita.plots import plot_sweeps
     from lorita.report import sweep_markdown
 
-    io.atomic_write_text(out / "sweep.md", sweep_markdown(result))
-    plot_sweeps([result], out / "sweep.png", labels=[f"depth {run.cfg.depth}"])
+    md = sweep_markdown(result)
+    if search_tolerances:
+        md += "\n" + sweep_markdown({**result, "policy": "greedy search (tolerance, points)",
+                                     "points": result["search_points"]})
+    io.atomic_write_text(out / "sweep.md", md)
+    plot_sweeps(series, out / "sweep.png", labels=labels)
     return result

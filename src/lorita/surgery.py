@@ -211,8 +211,14 @@ def weight_layers(
     ))
     for fqn, reason in plan.skipped.items():
         logger.warning("skipping `%s`: %s", fqn, reason)
+    # The two thin halves inside a low-rank layer are part of that layer, not layers of their own
+    # (counting them too would double the weights and spectra). An attention module gives its two
+    # projections.
+    outer = [f for f, m in plan.targets if isinstance(m, LOW_RANK_TYPES)]
     out: dict[str, object] = {}
     for fqn, mod in plan.targets:
+        if any(fqn.startswith(o + ".") for o in outer):
+            continue
         if isinstance(mod, nn.MultiheadAttention):
             for proj in PROJECTIONS:
                 out[f"{fqn}.{proj}"] = ProjectionView(mod, proj)

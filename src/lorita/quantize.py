@@ -1,0 +1,191 @@
+"""Dynamic int8 quantization after truncation (PyTorch's own eager-mode API), and its files.
+
+LoRITa (arXiv 2405.03089) names quantization as the other companion of low-rank compression: the
+two thin layers of a :class:`~lorita.layers.LowRankLinear` are ordinary ``nn.Linear`` modules, so
+PyTorch's dynamic quantization turns them (and any remaining dense ``nn.Linear``) into int8
+weights with per-tensor scales; activations are quantized on the fly at run time. Convolutions
+stay float (dynamic quantization has no conv kernels).
+
+API used: ``torch.ao.quantization.quantize_dynamic`` — still shipped and working in torch 2.13
+but deprecated there in favour of torchao's ``quantize_``. It is optional: :func:`int8_available`
+says whether it works here, and :func:`quantize_int8` raises a clear ``RuntimeError`` when not.
+
+Files: quantized (packed) tensors cannot go into safetensors, so :func:`save_quantized` writes a
+``torch.save`` file (a dict of the ``state_dict`` and the lorita manifest), loaded back with
+``weights_only=True`` by :func:`load_quantized`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["int8_available", "quantize_int8", "save_quantized", "load_quantized", "file_bytes"]
+
+_FORMAT = "lorita-int8"
+
+
+def _quantize_dynamic():
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:  # removed in a future torch
+        raise RuntimeError(
+            f"int8 quantization needs torch.ao.quantization.quantize_dynamic, which this torch "
+            f"({torch.__version__}) does not provide ({exc}); drop --quantize / quantize_int8 or use a "
+            f"torch that still ships it (<= 2.13 tested)"
+        ) from None
+    return quantize_dynamic
+
+
+def int8_available() -> str | None:
+    """None if dynamic int8 quantization works in this torch build, else the reason (one line)."""
+    try:
+        qd = _quantize_dynamic()
+        engines = torch.backends.quantized.supported_engines
+        if not any(e != "none" for e in engines):
+            return f"no quantized engine in this torch build (supported_engines={engines})"
+        probe = nn.Sequential(nn.Linear(4, 2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qd(probe, {nn.Linear}, dtype=torch.qint8)(torch.zeros(1, 4))
+    except (RuntimeError, AttributeError) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Dynamic int8 quantization of every ``nn.Linear`` (the thin halves of low-rank layers too).
+
+    Weights become int8 with a per-tensor scale and zero point; activations are quantized per
+    batch at run time; biases stay float. Conv layers and everything else are unchanged. CPU only.
+
+    Args:
+        model: a float model on CPU, typically the output of :func:`lorita.to_low_rank` or
+            :func:`lorita.search`.
+        inplace: quantize ``model`` itself instead of a deep copy.
+
+    Returns:
+        The quantized model (eval mode). Its outputs differ from the float model's by the int8
+        rounding: on an MNIST FCN the logits' relative error is about 3% (tested bound: 5%,
+        with >= 97% of predictions unchanged).
+
+    Raises:
+        RuntimeError: dynamic quantization is not available in this torch (message says what to do).
+        ValueError: a parameter is not on the CPU.
+    """
+    qd = _quantize_dynamic()
+    for name, p in model.named_parameters():
+        if p.device.type != "cpu":
+            raise ValueError(
+                f"`{name}` is on {p.device}; dynamic int8 quantization runs on CPU: call model.cpu()"
+            )
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return qd(work, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def save_quantized(
+    model: nn.Module,
+    path: str | Path,
+    float_model: nn.Module | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a quantized model's ``state_dict`` plus a lorita manifest, atomically.
+
+    Args:
+        model: output of :func:`quantize_int8`.
+        path: target file (``.pt``); parent folders are created.
+        float_model: the float model it was quantized from (its low-rank layer ranks go into the
+            manifest, so :func:`load_quantized` can rebuild the structure); None: no layers listed.
+        metadata: extra JSON-serializable info.
+
+    Returns:
+        The path written.
+    """
+    from lorita.io import manifest_of
+
+    path = Path(path)
+    manifest = manifest_of(float_model if float_model is not None else nn.Module(), metadata)
+    manifest["format"] = _FORMAT
+    payload = {"manifest": json.dumps(manifest, sort_keys=True), "state_dict": model.state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a file written by :func:`save_quantized`.
+
+    Args:
+        model: a float model of the saved architecture — either already in its low-rank form
+            (e.g. ``lorita.load(model, "low_rank.safetensors")``) or a freshly built dense
+            instance, whose layers are then split to the manifest's ranks first. Not modified.
+        path: the ``.pt`` file.
+
+    Returns:
+        The quantized model with the saved weights (eval mode).
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: not a lorita int8 file, or a model whose
+            structure does not fit it. RuntimeError: quantization unavailable.
+    """
+    from lorita.io import manifest_of
+    from lorita.surgery import to_low_rank
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no quantized model at {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        manifest = json.loads(payload["manifest"])
+        state = payload["state_dict"]
+    except (RuntimeError, OSError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"{path} is not a lorita int8 file or is corrupt ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    if manifest.get("format") != _FORMAT:
+        raise ValueError(f"{path}: manifest format {manifest.get('format')!r}, expected {_FORMAT!r}")
+    stored = manifest.get("layers", {})
+    have = manifest_of(model)["layers"]
+    work = model
+    if have != stored:
+        if have:
+            raise ValueError(
+                f"{path}: the model's lorita layers {have} differ from the file's {stored}; pass the float "
+                f"model the file was quantized from, or a freshly built dense one"
+            )
+        ranks = {fqn: int(spec["rank"]) for fqn, spec in stored.items() if spec.get("form") == "low_rank"}
+        work = to_low_rank(model, ranks) if ranks else model
+    q = quantize_int8(work)
+    try:
+        q.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0][:300]})") from None
+    return q
+
+
+def file_bytes(path: str | Path) -> int:
+    """Size of a file on disk in bytes."""
+    return os.path.getsize(path)
