@@ -190,7 +190,7 @@ def test_cli_bad_input_one_line_nonzero_no_files(case, tmp_path, fake_mnist, tra
 
 
 def test_argparse_errors_exit_2_without_traceback(capsys):
-    for argv in (["train"], ["compress", "run"], ["export", "d", "--onnx", "x", "--form", "sparse"],
+    for argv in (["train"], ["compress"], ["export", "d", "--onnx", "x", "--form", "sparse"],
                  ["sweep", "r", "--points", "a,b"], ["nonsense"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
