@@ -157,6 +157,8 @@ CLI_CASES += [
     for p, msg in POLICIES
 ]
 CLI_CASES += [
+    ("policy_missing", lambda t, d, r, o: ["compress", str(r), "--out", str(o), "--data-dir", str(d)],
+     r"give a rank policy \(--policy energy:0\.99 \.\.\.\) or --search greedy"),
     ("export_missing", lambda t, d, r, o: ["export", str(t / "nope"), "--onnx", str(o / "m.onnx")],
      r"nope is not a folder; pass a folder written by `lorita compress`"),
     ("export_train_run_no_policy", lambda t, d, r, o: ["export", str(r), "--onnx", str(o / "m.onnx")],

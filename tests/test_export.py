@@ -89,3 +89,16 @@ def test_export_of_an_empty_folder_names_the_contract(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds neither low_rank.safetensors" in err and "lorita compress" in err
     assert not Path(tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_searched_folder(trained_run, fake_mnist, tmp_path):  # noqa: F811
+    searched = tmp_path / "searched"
+    assert main(["--no-progress", "compress", str(trained_run), "--search", "greedy", "--tolerance", "5",
+                 "--out", str(searched), "--data-dir", str(fake_mnist)]) == 0
+    out = tmp_path / "s.onnx"
+    assert main(["export", str(searched), "--onnx", str(out)]) == 0
+    from lorita.export import _model_from_compressed
+
+    model, shape = _model_from_compressed(searched, "low_rank")
+    worst, within = onnx_max_abs_diff(model, out, torch.randn(2, *shape))
+    assert within, worst

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from lorita.export import ONNX_ATOL, ONNX_RTOL, export_dir
 
-    # torch.onnx warns about optional torchvision ops it skips; not the user's concern here.
+    # torch.onnx warns about optional torchvision ops it skips and its own internal deprecations;
+    # neither is actionable here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    path, diff = export_dir(args.dir, args.onnx, form=args.form, policy=args.policy, data_dir=args.data_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path, diff = export_dir(args.dir, args.onnx, form=args.form, policy=args.policy, data_dir=args.data_dir)
     tol = f"{ONNX_ATOL:g} + {ONNX_RTOL:g}·|y|"
     check = "" if diff is None else f" (onnxruntime vs PyTorch: max |diff| {diff:.2g} <= {tol})"
     print(f"exported {args.form} model -> {path}{check}")
