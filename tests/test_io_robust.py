@@ -121,6 +121,14 @@ def _flipped_header(tmp_path: Path) -> Path:
     return p
 
 
+def _bit_flip(tmp_path: Path) -> Path:
+    data = bytearray(_good(tmp_path).read_bytes())
+    data[-3] ^= 0x40  # inside the last tensor's data: same size, valid header
+    p = tmp_path / "flip.safetensors"
+    p.write_bytes(bytes(data))
+    return p
+
+
 def _pickle(tmp_path: Path) -> Path:
     p = tmp_path / "model.pt"
     torch.save(TinyNet().state_dict(), p)
@@ -175,6 +183,8 @@ BAD_FILES = [
     ("garbage", _garbage, ValueError, r"garbage\.safetensors is not a readable safetensors file"),
     ("empty", _empty, ValueError, r"empty\.safetensors is not a readable safetensors file"),
     ("corrupt_header", _flipped_header, ValueError, r"flipped\.safetensors is not a readable safetensors file"),
+    ("bit_flip", _bit_flip, ValueError,
+     r"flip\.safetensors: layer `\w+`: the data of `[\w.]+` does not match the checksum stored when it was saved"),
     ("pickle", _pickle, ValueError, r"model\.pt is not a readable safetensors file"),
     ("no_manifest", _plain, ValueError, r"plain\.safetensors has no lorita manifest.*load_model"),
     ("bad_json", lambda t: _write_with_manifest(t / "j.safetensors", {"a": torch.zeros(1)}, "{oops"), ValueError,

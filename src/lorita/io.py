@@ -3,8 +3,9 @@
 One safetensors file holds the ``state_dict`` and, in its metadata, a JSON manifest
 (``"lorita"`` key): the lorita version and each non-dense layer's form
 (``{"form": "factorized", "kind": "FactorizedLinear", "depth": 3}`` or
-``{"form": "low_rank", "kind": "LowRankConv2d", "rank": 8}``). :func:`load` rebuilds those layers
-on a freshly built instance of the user's own (dense) model class and loads with ``strict=True``.
+``{"form": "low_rank", "kind": "LowRankConv2d", "rank": 8}``) and the SHA-256 of every tensor.
+:func:`load` verifies the checksums, rebuilds those layers on a freshly built instance of the
+user's own (dense) model class and loads with ``strict=True``.
 
 Guarantees:
 
@@ -21,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import secrets
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -176,6 +179,7 @@ def save(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None 
     model = unwrap(model)
     path = Path(path)
     manifest = manifest_of(model, metadata)
+    manifest["sha256"] = {k: _sha256(v) for k, v in model.state_dict().items()}  # checked by load
     try:
         text = json.dumps(manifest, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -331,15 +335,31 @@ def _describe(layers: Mapping[str, Any], fqn: str) -> str:
     return ""
 
 
+def _sha256(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's raw bytes (any dtype or device)."""
+    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(raw.tobytes()).hexdigest()
+
+
 def _check_tensors(work: nn.Module, path: Path, manifest: Mapping[str, Any], cls_hint: str) -> None:
-    """Compare the file's tensor names and shapes with ``work``'s before loading anything."""
+    """Check the file's tensors against the checksums saved in its manifest (bit rot, partial copies
+    that kept the size), then their names and shapes against ``work``'s, before loading anything."""
+    sums = manifest.get("sha256", {})
+    sums = sums if isinstance(sums, Mapping) else {}
+    layers = manifest.get("layers", {})
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            for k in shapes:
+                if k in sums and _sha256(f.get_tensor(k)) != sums[k]:
+                    fqn = _layer_of(k)
+                    raise ValueError(
+                        f"{path}: layer `{fqn}`: the data of `{k}` does not match the checksum stored when it "
+                        f"was saved; the file is corrupt — copy it again or re-save it"
+                    )
+    except (SafetensorError, OSError, RuntimeError) as exc:
         raise ValueError(f"{path} is truncated or corrupt ({exc}); copy it again or re-save it") from None
     sd = work.state_dict()
-    layers = manifest.get("layers", {})
     for key, tensor in sd.items():  # model order: a layer's weight before its bias
         shape = shapes.get(key)
         if shape is not None and tuple(tensor.shape) != shape:
