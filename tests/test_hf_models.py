@@ -93,6 +93,8 @@ def test_gpt2_conv1d_is_read_transposed_and_merges_back_to_conv1d():
     lr = low.transformer.h[0].attn.c_attn
     assert isinstance(lr, LowRankTransposedLinear) and lr.rank == 4
     assert type(lr.to_dense()) is type(c_attn)
+    torch.testing.assert_close(lorita.effective_weight(lr), lr.second.weight @ lr.first.weight)  # (out, in)
+    assert lorita.singular_values(low, target_modules=["c_attn"])["transformer.h.0.attn.c_attn"].shape == (16,)
     rep = lorita.count_macs(low, IDS)  # per sample: 6 tokens × rank·(in + out)
     assert rep.row("transformer.h.0.attn.c_attn").macs == 6 * 4 * (16 + 48)
     assert lorita.count_macs(model, IDS).row("transformer.h.0.attn.c_attn").macs == 6 * 16 * 48

@@ -35,6 +35,7 @@ from lorita.layers import (
     LowRankConv2d,
     LowRankLinear,
 )
+from lorita.linalg import merge_factors
 from lorita.transposed import (
     TRANSPOSED_LINEAR_CLASSES,
     FactorizedTransposedLinear,
@@ -226,9 +227,12 @@ def dense_reason(module: nn.Module) -> str | None:
 
 
 def effective_matrix_weight(target: object) -> Tensor | None:
-    """Linear-orientation weight of a GPT-2 Conv1D or an attention projection view, else None."""
+    """Linear-orientation weight ``(out, in)`` of a GPT-2 Conv1D (dense or low-rank) or an attention
+    projection view, else None."""
     if isinstance(target, ProjectionView):
         return target.weight.detach()
     if is_transposed_linear(target):
         return target.weight.detach().T
+    if isinstance(target, LowRankTransposedLinear):  # its to_dense() is the transposed Conv1D
+        return merge_factors([target.first.weight, target.second.weight]).detach()
     return None
