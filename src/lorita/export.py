@@ -11,7 +11,6 @@ Optional dependencies: ``pip install 'lorita[onnx]'`` (onnx, onnxscript, onnxrun
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lorita.io import atomic_target
+from lorita.io import atomic_path
 
 __all__ = ["export_onnx", "onnx_max_abs_diff", "ONNX_ATOL", "ONNX_RTOL"]
 
@@ -136,34 +135,28 @@ def export_onnx(
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic = tuple({0: batch} if t.dim() > 0 else None for t in inputs)
-    fd, tmp = atomic_target(path, suffix=".tmp.onnx")
-    mode = os.fstat(fd).st_mode & 0o777
-    os.close(fd)
     was_training = model.training
     model.eval()
+    diff = None
     try:
-        try:
-            torch.onnx.export(
-                model, inputs, tmp, dynamo=True, dynamic_shapes=dynamic, input_names=names,
-                opset_version=opset_version, external_data=False, verbose=False,
-            )
-        except Exception as exc:  # torch.onnx raises many types; report one line and the cause
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
-        diff = None
-        if check:
-            diff, within = onnx_max_abs_diff(model, tmp, inputs)
-            if not within:
-                raise ValueError(
-                    f"onnxruntime and PyTorch disagree by up to {diff:.3g} (> {ONNX_ATOL:g} + {ONNX_RTOL:g}·|y|); "
-                    f"{path} was not written"
+        with atomic_path(path, suffix=".tmp.onnx") as tmp:
+            try:
+                torch.onnx.export(
+                    model, inputs, tmp, dynamo=True, dynamic_shapes=dynamic, input_names=names,
+                    opset_version=opset_version, external_data=False, verbose=False,
                 )
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+            except Exception as exc:  # torch.onnx raises many types; report one line and the cause
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
+            if check:
+                diff, within = onnx_max_abs_diff(model, tmp, inputs)
+                if not within:
+                    raise ValueError(
+                        f"onnxruntime and PyTorch disagree by up to {diff:.3g} (> {ONNX_ATOL:g} + "
+                        f"{ONNX_RTOL:g}·|y|); {path} was not written"
+                    )
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     logger.info("exported %s (max |ort - torch| = %s)", path, diff)
     return path, diff
 

@@ -21,12 +21,13 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,22 +138,38 @@ def atomic_target(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
         raise ValueError(f"cannot write {path}: permission denied; choose a writable folder") from None
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
+    """Yield a temporary file path next to ``path``; on success it replaces ``path`` atomically.
+
+    The temp file keeps the mode a plain ``open`` would give (writers that recreate it with 0600
+    are corrected). On any error the temp file is removed and ``path`` is left as it was.
+
+    Raises:
+        ValueError: ``path`` is a directory or its folder cannot be written.
+    """
+    path = Path(path)
+    fd, tmp = atomic_target(path, suffix)
+    mode = os.fstat(fd).st_mode & 0o777
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename).
 
     Raises:
         ValueError: ``path`` is a directory or its folder cannot be written.
     """
-    path = Path(path)
-    fd, tmp = atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def save(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
@@ -184,17 +201,8 @@ def save(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None 
         text = json.dumps(manifest, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"`metadata` must be JSON-serializable: {exc}") from None
-    fd, tmp = atomic_target(path)
-    mode = os.fstat(fd).st_mode & 0o777
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_model(model, tmp, metadata={"lorita": text})
-        os.chmod(tmp, mode)  # the writer may recreate the file with mode 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
