@@ -52,7 +52,8 @@ def run_grid(args: argparse.Namespace) -> dict:
                 train_run(cfg, run_dir, progress=not args.no_progress, data=data)
             summary = json.loads(summary_file.read_text())
             if not sweep_file.is_file():
-                sweep_run(run_dir, "params", BUDGETS, sweep_file.parent, progress=False, run=load_run(run_dir, data=data))
+                sweep_run(run_dir, "params", BUDGETS, sweep_file.parent, progress=False,
+                          run=load_run(run_dir, data=data))
             sweep = json.loads(sweep_file.read_text())
             runs.append({"depth": depth, "weight_decay": wd, "summary": summary, "sweep": sweep})
             logging.info("depth %d wd %g: dense val %.4f (%.0fs)", depth, wd, sweep["dense"]["val_acc"],
@@ -90,7 +91,8 @@ def markdown(grid: dict, fr: dict[int, list[dict]], cmd: str) -> str:
         "",
         f"Command: `{cmd}`",
         "",
-        f"Every depth: {cfg['optimizer']} (momentum {cfg['momentum']}), lr {cfg['lr']}, cosine, {cfg['epochs']} epochs, "
+        f"Every depth: {cfg['optimizer']} (momentum {cfg['momentum']}), lr {cfg['lr']}, cosine, "
+        f"{cfg['epochs']} epochs, "
         f"batch {cfg['batch_size']}, seed {cfg['seed']}, decay `{cfg['decay']}`; weight-decay grid {grid['wds']}. "
         "Per budget the weight decay is picked on the 5,000-image validation split (truncated model's val "
         "accuracy); test accuracy reported once. Budget = deployable weight params of the 4 Linear layers / "
@@ -112,9 +114,9 @@ def markdown(grid: dict, fr: dict[int, list[dict]], cmd: str) -> str:
               "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in grid["runs"]:
         pts = {p["point"]: p for p in r["sweep"]["points"]}
-        at = lambda b: f"{100 * pts[b]['test_acc']:.2f}" if b in pts else "–"  # noqa: E731
+        at = {b: f"{100 * pts[b]['test_acc']:.2f}" if b in pts else "–" for b in (0.05, 0.1)}
         lines.append(f"| {r['depth']} | {r['weight_decay']:g} | {100 * r['sweep']['dense']['val_acc']:.2f} | "
-                     f"{100 * r['sweep']['dense']['test_acc']:.2f} | {at(0.05)} | {at(0.1)} | "
+                     f"{100 * r['sweep']['dense']['test_acc']:.2f} | {at[0.05]} | {at[0.1]} | "
                      f"{r['summary']['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

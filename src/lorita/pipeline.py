@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorita import distributed, io, linalg
+from lorita import distributed, io
 from lorita.config import TrainConfig
 from lorita.counting import count_macs, count_params
 from lorita.data import DataSplits, TensorLoader, load_dataset
@@ -50,7 +50,8 @@ __all__ = [
     "evaluate_point",
     "compress_run",
     "sweep_run",
-    "targeted_weight_params",
+    "weight_params",
+    "model_row",
     "DEFAULT_POINTS",
 ]
 
@@ -286,53 +287,62 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, data: DataSplits 
     return LoadedRun(cfg, data, dense, val, test, example, _targets(cfg))
 
 
-def targeted_weight_params(model: nn.Module, targets: tuple[Any, Any]) -> int:
-    """Weight params (no bias) of the targeted layers in their current form."""
+def weight_params(model: nn.Module, names: Sequence[str]) -> int:
+    """Weight params (no biases) of the named layers in their current form: both thin layers of a
+    low-rank layer, every factor of a factorized one, else the weight."""
+    mods = dict(model.named_modules())
     total = 0
-    for _, mod in weight_layers(model, *targets):
-        if hasattr(mod, "first"):
-            total += mod.first.weight.numel() + mod.second.weight.numel()
-        elif hasattr(mod, "factors"):
-            total += sum(f.numel() for f in mod.factors)
+    for n in names:
+        m = mods[n]
+        if hasattr(m, "first") and hasattr(m, "second"):
+            total += m.first.weight.numel() + m.second.weight.numel()
+        elif hasattr(m, "factors"):
+            total += sum(f.numel() for f in m.factors)
         else:
-            total += mod.weight.numel()
+            total += m.weight.numel()
     return total
 
 
-def evaluate_point(
-    run: LoadedRun, ranks: dict[str, int] | None, label: str, with_test: bool = True
-) -> tuple[dict[str, Any], nn.Module]:
-    """Accuracy and costs of the low-rank model at ``ranks`` (None: the dense model).
+def model_row(
+    run: LoadedRun,
+    model: nn.Module,
+    label: str,
+    ranks: dict[str, int] | None = None,
+    with_test: bool = True,
+    quantized: bool = False,
+) -> dict[str, Any]:
+    """Accuracy and costs of any model built from ``run`` (the row schema of sweeps and reports).
 
-    Returns:
-        (row dict, the low-rank model). Row keys: label, val_acc, test_acc, params, macs,
-        weight_params, weight_params_frac, params_frac, macs_frac, ranks.
+    Keys: label, val_acc, test_acc, params, macs, weight_params, weight_params_frac, params_frac,
+    macs_frac, ranks. MACs per sample. ``weight_params`` counts the targeted layers only.
+    ``quantized=True``: only the accuracies are measured (packed int8 weights are invisible to
+    the counters; :func:`lorita.search_pipeline.add_int8` fills in the float model's counts).
     """
-    model = run.dense if ranks is None else to_low_rank(run.dense, ranks)
+    names = [n for n, _ in weight_layers(run.dense, *run.targets)]
     dense_cost = count_macs(run.dense, run.example_inputs)
-    cost = dense_cost if ranks is None else count_macs(model, run.example_inputs)
-    dense_w = targeted_weight_params(run.dense, run.targets)
-    w = dense_w
-    if ranks is not None:
-        w = 0
-        for fqn, mod in weight_layers(run.dense, *run.targets):
-            wt = mod.weight
-            m, n = wt.shape[0], wt[0].numel()
-            r = ranks.get(fqn, min(m, n))
-            w += linalg.low_rank_params(m, n, r) if linalg.worth_splitting(m, n, r) else m * n
-    row = {
+    cost = dense_cost if model is run.dense or quantized else count_macs(model, run.example_inputs)
+    dense_w = weight_params(run.dense, names)
+    w = weight_params(model, names) if not quantized else None
+    return {
         "label": label,
         "val_acc": evaluate(model, run.val)["acc"],
         "test_acc": evaluate(model, run.test)["acc"] if with_test else None,
         "params": cost.total_params,
         "macs": cost.total_macs,
         "weight_params": w,
-        "weight_params_frac": w / dense_w,
+        "weight_params_frac": None if w is None else w / dense_w,
         "params_frac": cost.total_params / dense_cost.total_params,
         "macs_frac": cost.total_macs / dense_cost.total_macs,
         "ranks": ranks,
     }
-    return row, model
+
+
+def evaluate_point(
+    run: LoadedRun, ranks: dict[str, int] | None, label: str, with_test: bool = True
+) -> tuple[dict[str, Any], nn.Module]:
+    """Row (see :func:`model_row`) and model of the low-rank model at ``ranks`` (None: dense)."""
+    model = run.dense if ranks is None else to_low_rank(run.dense, ranks)
+    return model_row(run, model, label, ranks, with_test), model
 
 
 def compress_run(
