@@ -21,6 +21,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from lorita.config import TrainConfig
 from lorita.io import atomic_write_text
 from lorita.pipeline import load_data, load_run, sweep_run, train_run
@@ -49,7 +51,7 @@ def run_grid(args: argparse.Namespace) -> dict:
             sweep_file = run_dir / "sweep-params" / "sweep.json"
             t0 = time.perf_counter()
             if not summary_file.is_file():
-                train_run(cfg, run_dir, progress=not args.no_progress, data=data)
+                train_run(cfg, run_dir, progress=not args.no_progress, resume=True, data=data)
             summary = json.loads(summary_file.read_text())
             if not sweep_file.is_file():
                 sweep_run(run_dir, "params", BUDGETS, sweep_file.parent, progress=False,
@@ -134,7 +136,10 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/runs/mnist_fcn")
     p.add_argument("--results", default="benchmarks/results/mnist_fcn")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     grid = run_grid(args)
     fr = fronts(grid)

@@ -70,14 +70,17 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--exclude-modules", type=_targets, default=None, help="regex or comma list of layer names")
         g.add_argument("--init", choices=["default", "preserve"], default=d.init, help="factor init (%(default)s)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], default=d.optimizer if not demo else "adam")
-    g.add_argument("--lr", type=float, default=d.lr if not demo else 1e-3, help="learning rate")
+    from lorita.summary import DEMO_RECIPE
+
+    r = DEMO_RECIPE if demo else {}
+    g.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], default=r.get("optimizer", d.optimizer))
+    g.add_argument("--lr", type=float, default=r.get("lr", d.lr), help="learning rate (%(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (%(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay if not demo else 1e-4,
+    g.add_argument("--weight-decay", type=float, default=r.get("weight_decay", d.weight_decay),
                    help="L2 coefficient on the factors (and, with --decay all, on everything)")
     g.add_argument("--decay", choices=["all", "weights", "factors"], default=d.decay,
                    help="what to decay (%(default)s)")
-    g.add_argument("--epochs", type=int, default=d.epochs if not demo else 8)
+    g.add_argument("--epochs", type=int, default=r.get("epochs", d.epochs), help="(%(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--scheduler", choices=["cosine", "constant", "step"], default=d.scheduler)
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
