@@ -10,9 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev,onnx]'
+	$(BIN)/python -m pip install -q -e '.[dev,onnx,hf]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -21,10 +21,14 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from lorita.config import TrainConfig
+from lorita.finetune import FinetuneConfig, finetune
 from lorita.io import atomic_write_text
-from lorita.pipeline import load_data, load_run, sweep_run, train_run
+from lorita.pipeline import load_data, load_run, make_loaders, model_row, sweep_run, train_run
 from lorita.plots import plot_sweeps
+from lorita.surgery import to_low_rank
 
 BUDGETS = [0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5]
 
@@ -49,10 +53,11 @@ def run_grid(args: argparse.Namespace) -> dict:
             sweep_file = run_dir / "sweep-params" / "sweep.json"
             t0 = time.perf_counter()
             if not summary_file.is_file():
-                train_run(cfg, run_dir, progress=not args.no_progress, data=data)
+                train_run(cfg, run_dir, progress=not args.no_progress, resume=True, data=data)
             summary = json.loads(summary_file.read_text())
             if not sweep_file.is_file():
-                sweep_run(run_dir, "params", BUDGETS, sweep_file.parent, progress=False, run=load_run(run_dir, data=data))
+                sweep_run(run_dir, "params", BUDGETS, sweep_file.parent, progress=False,
+                          run=load_run(run_dir, data=data))
             sweep = json.loads(sweep_file.read_text())
             runs.append({"depth": depth, "weight_decay": wd, "summary": summary, "sweep": sweep})
             logging.info("depth %d wd %g: dense val %.4f (%.0fs)", depth, wd, sweep["dense"]["val_acc"],
@@ -83,14 +88,43 @@ def fronts(grid: dict) -> dict[int, list[dict]]:
     return out
 
 
-def markdown(grid: dict, fr: dict[int, list[dict]], cmd: str) -> str:
+def finetune_rows(args: argparse.Namespace, grid: dict, fr: dict[int, list[dict]], data) -> list[dict]:
+    """At each budget in ``args.finetune_budgets``: the val-picked one-shot model of every depth,
+    fine-tuned in its low-rank form on the training split (lorita.finetune), same settings for all
+    depths. Validation and test accuracy reported; nothing chosen on test."""
+    rows = []
+    ft = FinetuneConfig(epochs=args.finetune_epochs, optimizer="adam", lr=args.finetune_lr)
+    for budget in args.finetune_budgets:
+        for depth, front in fr.items():
+            pick = next((r for r in front if r["budget"] is not None and abs(r["budget"] - budget) < 1e-12), None)
+            if pick is None:
+                continue
+            run_dir = Path(args.out) / f"{args.optimizer}_d{depth}_wd{_tag(pick['weight_decay'])}_e{args.epochs}"
+            run = load_run(run_dir, data=data)
+            low = to_low_rank(run.dense, pick["ranks"])
+            train, _, _ = make_loaders(data, run.cfg)
+            t0 = time.perf_counter()
+            finetune(low, train, ft, seed=args.seed)
+            row = model_row(run, low, f"depth {depth} @ {budget:.1%} + fine-tune", pick["ranks"])
+            row.update({"depth": depth, "budget": budget, "weight_decay": pick["weight_decay"],
+                        "one_shot_val_acc": pick["val_acc"], "one_shot_test_acc": pick["test_acc"],
+                        "finetune_seconds": time.perf_counter() - t0,
+                        "finetune": {"epochs": ft.epochs, "optimizer": ft.optimizer, "lr": ft.lr}})
+            rows.append(row)
+            logging.info("fine-tuned depth %d at %.3f: val %.4f test %.4f", depth, budget, row["val_acc"],
+                         row["test_acc"])
+    return rows
+
+
+def markdown(grid: dict, fr: dict[int, list[dict]], cmd: str, ft_rows: list[dict] | None = None) -> str:
     cfg = grid["config"]
     lines = [
         "# MNIST FCN 784-512-512-512-10: LoRITa depth 1 / 2 / 3, tuned weight decay",
         "",
         f"Command: `{cmd}`",
         "",
-        f"Every depth: {cfg['optimizer']} (momentum {cfg['momentum']}), lr {cfg['lr']}, cosine, {cfg['epochs']} epochs, "
+        f"Every depth: {cfg['optimizer']} (momentum {cfg['momentum']}), lr {cfg['lr']}, cosine, "
+        f"{cfg['epochs']} epochs, "
         f"batch {cfg['batch_size']}, seed {cfg['seed']}, decay `{cfg['decay']}`; weight-decay grid {grid['wds']}. "
         "Per budget the weight decay is picked on the 5,000-image validation split (truncated model's val "
         "accuracy); test accuracy reported once. Budget = deployable weight params of the 4 Linear layers / "
@@ -112,10 +146,20 @@ def markdown(grid: dict, fr: dict[int, list[dict]], cmd: str) -> str:
               "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in grid["runs"]:
         pts = {p["point"]: p for p in r["sweep"]["points"]}
-        at = lambda b: f"{100 * pts[b]['test_acc']:.2f}" if b in pts else "–"  # noqa: E731
+        at = {b: f"{100 * pts[b]['test_acc']:.2f}" if b in pts else "–" for b in (0.05, 0.1)}
         lines.append(f"| {r['depth']} | {r['weight_decay']:g} | {100 * r['sweep']['dense']['val_acc']:.2f} | "
-                     f"{100 * r['sweep']['dense']['test_acc']:.2f} | {at(0.05)} | {at(0.1)} | "
+                     f"{100 * r['sweep']['dense']['test_acc']:.2f} | {at[0.05]} | {at[0.1]} | "
                      f"{r['summary']['wall_seconds']:.0f} |")
+    if ft_rows:
+        ft = ft_rows[0]["finetune"]
+        lines += ["", f"## One-shot + fine-tuning ({ft['epochs']} epochs, {ft['optimizer']} lr {ft['lr']:g}, low-rank "
+                  "model trained in place on the training split; same for every depth)", "",
+                  "| depth | budget | wd (picked on val) | weight params | one-shot val / test % | "
+                  "fine-tuned val / test % | fine-tune s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in ft_rows:
+            lines.append(f"| {r['depth']} | {r['budget']:.1%} | {r['weight_decay']:g} | {r['weight_params']:,} | "
+                         f"{100 * r['one_shot_val_acc']:.2f} / {100 * r['one_shot_test_acc']:.2f} | "
+                         f"{100 * r['val_acc']:.2f} / **{100 * r['test_acc']:.2f}** | {r['finetune_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,20 +176,29 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/runs/mnist_fcn")
     p.add_argument("--results", default="benchmarks/results/mnist_fcn")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tune the picked models (0: skip)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--finetune-budgets", type=float, nargs="+", default=[0.03, 0.05])
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     grid = run_grid(args)
     fr = fronts(grid)
+    ft_rows = finetune_rows(args, grid, fr, load_data(TrainConfig())) if args.finetune_epochs else []
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/mnist_fcn.py " + " ".join(
         [f"--depths {' '.join(map(str, args.depths))}", f"--wds {' '.join(f'{w:g}' for w in args.wds)}",
-         f"--optimizer {args.optimizer}", f"--lr {args.lr:g}", f"--epochs {args.epochs}", f"--seed {args.seed}"])
-    payload = {"command": cmd, "fronts": {str(k): v for k, v in fr.items()},
+         f"--optimizer {args.optimizer}", f"--lr {args.lr:g}", f"--epochs {args.epochs}", f"--seed {args.seed}",
+         f"--finetune-epochs {args.finetune_epochs}", f"--finetune-lr {args.finetune_lr:g}",
+         f"--finetune-budgets {' '.join(f'{b:g}' for b in args.finetune_budgets)}"])
+    payload = {"command": cmd, "fronts": {str(k): v for k, v in fr.items()}, "finetuned": ft_rows,
                "grid": {**grid, "runs": [{**r, "sweep": {**r["sweep"], "points": r["sweep"]["points"]}}
                                          for r in grid["runs"]]}}
     atomic_write_text(res.with_suffix(".json"), json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(res.with_suffix(".md"), markdown(grid, fr, cmd))
+    atomic_write_text(res.with_suffix(".md"), markdown(grid, fr, cmd, ft_rows))
     # Fronts as pseudo-sweeps for the shared plotting helper.
     sweeps = []
     for d, rows in fr.items():
@@ -154,7 +207,7 @@ def main() -> None:
         sweeps.append({"policy": "params", "depth": d, "dense": dense, "points": pts})
     plot_sweeps(sweeps, res.with_suffix(".png"), labels=[f"depth {d} (wd picked on val)" for d in fr],
                 title="MNIST FCN: test accuracy vs weight params kept (dotted: best dense)")
-    print(markdown(grid, fr, cmd))
+    print(markdown(grid, fr, cmd, ft_rows))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,20 @@ Factorize layers into ``depth`` linear factors, train with plain weight decay, m
 back, truncate by SVD, and ship the two-layer low-rank model.
 """
 
+from lorita.attention import FactorizedMultiheadAttention
 from lorita.counting import CostReport, LayerCost, count_macs, count_params
 from lorita.distill import DistillConfig, distillation_loss
+from lorita.export import export_onnx
 from lorita.finetune import FinetuneConfig, finetune
 from lorita.io import load, read_manifest, save
-from lorita.layers import FactorizedConv2d, FactorizedLinear, LowRankConv2d, LowRankLinear
+from lorita.layers import (
+    FactorizedConv1d,
+    FactorizedConv2d,
+    FactorizedLinear,
+    LowRankConv1d,
+    LowRankConv2d,
+    LowRankLinear,
+)
 from lorita.optim import param_groups
 from lorita.quantize import load_quantized, quantize_int8, save_quantized
 from lorita.rank import (
@@ -32,6 +41,7 @@ from lorita.surgery import (
     truncate,
 )
 from lorita.targeting import TargetPlan
+from lorita.transposed import FactorizedTransposedLinear, LowRankTransposedLinear
 
 __version__ = "0.1.0"
 
@@ -51,12 +61,17 @@ __all__ = [
     # core
     "CostReport",
     "EnergyThreshold",
+    "FactorizedConv1d",
     "FactorizedConv2d",
+    "FactorizedMultiheadAttention",
+    "FactorizedTransposedLinear",
     "FactorizedLinear",
     "FixedRank",
     "GlobalThreshold",
     "LayerCost",
+    "LowRankConv1d",
     "LowRankConv2d",
+    "LowRankTransposedLinear",
     "LowRankLinear",
     "MacBudget",
     "ParamBudget",
@@ -65,6 +80,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "effective_weight",
+    "export_onnx",
     "factorize",
     "factorize_plan",
     "load",

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from lorita import __version__
 
 logger = logging.getLogger("lorita.cli")
 
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError, FloatingPointError)
+_USER_ERRORS = (ValueError, TypeError, OSError, KeyError, FloatingPointError)
 
 
 def _targets(text: str | None) -> Any:
@@ -69,14 +70,17 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--exclude-modules", type=_targets, default=None, help="regex or comma list of layer names")
         g.add_argument("--init", choices=["default", "preserve"], default=d.init, help="factor init (%(default)s)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], default=d.optimizer if not demo else "adam")
-    g.add_argument("--lr", type=float, default=d.lr if not demo else 1e-3, help="learning rate")
+    from lorita.summary import DEMO_RECIPE
+
+    r = DEMO_RECIPE if demo else {}
+    g.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], default=r.get("optimizer", d.optimizer))
+    g.add_argument("--lr", type=float, default=r.get("lr", d.lr), help="learning rate (%(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (%(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay if not demo else 1e-4,
+    g.add_argument("--weight-decay", type=float, default=r.get("weight_decay", d.weight_decay),
                    help="L2 coefficient on the factors (and, with --decay all, on everything)")
     g.add_argument("--decay", choices=["all", "weights", "factors"], default=d.decay,
                    help="what to decay (%(default)s)")
-    g.add_argument("--epochs", type=int, default=d.epochs if not demo else 8)
+    g.add_argument("--epochs", type=int, default=r.get("epochs", d.epochs), help="(%(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--scheduler", choices=["cosine", "constant", "step"], default=d.scheduler)
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
@@ -124,10 +128,17 @@ def _config_from(args: argparse.Namespace, **over: Any):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lorita import distributed
     from lorita.pipeline import train_run
 
-    cfg = _config_from(args)
+    cfg = _config_from(args)  # validates the flags before any process is started
+    if args.nproc < 1:
+        raise ValueError(f"`--nproc` must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not distributed.launched():
+        return distributed.relaunch(args.argv, args.nproc)
     summary = train_run(cfg, args.out, progress=not args.no_progress, resume=args.resume)
+    if "val_acc" not in summary:  # a DDP rank other than 0: rank 0 reports
+        return 0
     print(f"trained {cfg.model} depth {cfg.depth}: val acc {100 * summary['val_acc']:.2f}% "
           f"in {summary['wall_seconds']:.0f}s -> {args.out}")
     return 0
@@ -185,6 +196,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config_from(args, model="fcn", dataset="mnist", depth=1)
     text = run_demo(cfg, args.out, depths=tuple(args.depths), budgets=args.budgets, progress=not args.no_progress)
     print(text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lorita.export import ONNX_ATOL, ONNX_RTOL, export_dir
+
+    # torch.onnx warns about optional torchvision ops it skips and its own internal deprecations;
+    # neither is actionable here.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path, diff = export_dir(args.dir, args.onnx, form=args.form, policy=args.policy, data_dir=args.data_dir)
+    tol = f"{ONNX_ATOL:g} + {ONNX_RTOL:g}·|y|"
+    check = "" if diff is None else f" (onnxruntime vs PyTorch: max |diff| {diff:.2g} <= {tol})"
+    print(f"exported {args.form} model -> {path}{check}")
     return 0
 
 
@@ -286,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(t)
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="DDP processes on this machine, relaunched through torchrun (gloo on CPU, nccl on CUDA)")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("compress", help="merge, choose ranks, split into low-rank layers, report")
@@ -314,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="override the runs' data folder")
     r.set_defaults(func=cmd_report)
 
+    e = sub.add_parser("export", help="export a compressed model to ONNX, checked with onnxruntime")
+    e.add_argument("dir", help="folder written by `lorita compress` (or by `lorita train`, with --policy)")
+    e.add_argument("--onnx", required=True, help="output .onnx file")
+    e.add_argument("--form", choices=["low_rank", "dense"], default="low_rank", help="which model (%(default)s)")
+    e.add_argument("--policy", default=None, help="training folders: compress with this policy first")
+    e.add_argument("--data-dir", default=None, help="training folders: override the run's data folder")
+    e.set_defaults(func=cmd_export)
+
     d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported")
     _add_train_args(d, demo=True)
     d.add_argument("--out", default="runs/demo", help="output folder (%(default)s)")
@@ -326,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc` relaunches
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lorita.attention import FactorizedMultiheadAttention
 from lorita.layers import FactorizedConv2d, FactorizedLinear, LowRankConv2d, LowRankLinear
+from lorita.transposed import is_transposed_linear
 
 __all__ = ["LayerCost", "CostReport", "count_params", "count_macs", "ROW_TYPES"]
 
@@ -35,6 +37,7 @@ ROW_TYPES: tuple[type, ...] = (
     FactorizedConv2d,
     LowRankLinear,
     LowRankConv2d,
+    FactorizedMultiheadAttention,
 )
 
 
@@ -94,7 +97,7 @@ def _row_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     rows: list[tuple[str, nn.Module]] = []
     taken: list[str] = []
     for fqn, mod in model.named_modules():
-        if fqn == "" or not isinstance(mod, ROW_TYPES):
+        if fqn == "" or not (isinstance(mod, ROW_TYPES) or is_transposed_linear(mod)):
             continue
         if any(fqn.startswith(t + ".") for t in taken):
             continue  # inside a row module (e.g. the two halves of a LowRankLinear)
@@ -123,7 +126,8 @@ def count_params(model: nn.Module) -> CostReport:
                 type(mod).__name__,
                 _unique_numel(mod.parameters(), seen),
                 rank=getattr(mod, "rank", None) if isinstance(mod, (LowRankLinear, LowRankConv2d)) else None,
-                depth=getattr(mod, "depth", None) if isinstance(mod, (FactorizedLinear, FactorizedConv2d)) else None,
+                depth=getattr(mod, "depth", None) if isinstance(mod, (FactorizedLinear, FactorizedConv2d,
+                                                                     FactorizedMultiheadAttention)) else None,
             )
         )
     other = _unique_numel(model.parameters(), seen)
@@ -162,12 +166,17 @@ def count_macs(model: nn.Module, example_inputs: Any) -> CostReport:
     counter = FlopCounterMode(display=False)
     was_training = model.training
     model.eval()
+    # nn.MultiheadAttention's fused inference fast path is invisible to FlopCounterMode: count
+    # the standard path (same math), then restore the user's setting.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), counter:
             model(*inputs)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(f"count_macs: the model failed on `example_inputs`: {exc}") from exc
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
     counts = counter.get_flop_counts()
     root = type(model).__name__

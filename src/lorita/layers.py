@@ -33,6 +33,8 @@ __all__ = [
     "FactorizedConv2d",
     "LowRankLinear",
     "LowRankConv2d",
+    "FactorizedConv1d",
+    "LowRankConv1d",
     "ForwardMode",
     "Init",
 ]
@@ -60,17 +62,21 @@ def _check_init(init: str) -> None:
 
 def _product_macs(shapes: list[tuple[int, int]]) -> int:
     """MACs of multiplying a chain of matrices in the best of the two linear orders."""
-    # shapes are (rows, cols) of F_N, ..., F_1 (left to right).
+    # shapes are (rows, cols) of F_N, ..., F_1 (left to right). Index loops keep it TorchScript-able.
+    n = len(shapes)
     left = 0
-    rows, cols = shapes[0]
-    for _r, c in shapes[1:]:
+    cols = shapes[0][1]
+    rows = shapes[0][0]
+    for i in range(1, n):
+        c = shapes[i][1]
         left += rows * cols * c
         cols = c
     right = 0
-    rows, cols = shapes[-1]
-    for r, c in reversed(shapes[:-1]):
+    cols = shapes[n - 1][1]
+    for i in range(n - 2, -1, -1):
+        r = shapes[i][0]
+        c = shapes[i][1]
         right += r * c * cols
-        rows = r
     return min(left, right)
 
 
@@ -130,7 +136,7 @@ class FactorizedLinear(nn.Module):
         return linalg.merge_factors(list(self.factors))
 
     def _product(self) -> Tensor:
-        fs = list(self.factors)
+        fs: list[Tensor] = [f for f in self.factors]
         if len(fs) == 1:
             return fs[0]
         return torch.linalg.multi_dot(fs[::-1])
@@ -141,7 +147,7 @@ class FactorizedLinear(nn.Module):
             return self.forward_mode
         n, m, d = self.in_features, self.out_features, self.depth
         chain = rows * (n * n * (d - 1) + n * m)
-        shapes = [(m, n)] + [(n, n)] * (d - 1)
+        shapes = [(m, n)] + [(n, n) for _ in range(d - 1)]
         merged = (_product_macs(shapes) if d > 1 else 0) + rows * n * m
         return "merged" if merged < chain else "chain"
 
@@ -149,9 +155,10 @@ class FactorizedLinear(nn.Module):
         rows = x.numel() // max(self.in_features, 1)
         if self.depth == 1 or self.mode_for(rows) == "merged":
             return F.linear(x, self._product(), self.bias)
-        for f in list(self.factors)[:-1]:
+        fs: list[Tensor] = [f for f in self.factors]
+        for f in fs[:-1]:
             x = F.linear(x, f)
-        return F.linear(x, self.factors[-1], self.bias)
+        return F.linear(x, fs[-1], self.bias)
 
     # -- conversions ----------------------------------------------------------------------------
     @classmethod
@@ -230,6 +237,8 @@ class FactorizedConv2d(nn.Module):
     ``"auto"`` finds. Input ``(B, C_in, H, W)``, output ``(B, C_out, H_out, W_out)``.
     """
 
+    _dense_cls: type = nn.Conv2d  # the plain layer this form merges back to (Conv1d in the subclass)
+
     def __init__(
         self,
         in_channels: int,
@@ -250,7 +259,7 @@ class FactorizedConv2d(nn.Module):
         _check_mode(forward_mode)
         kw = {"device": device, "dtype": dtype}
         # Reuse nn.Conv2d's argument normalization and padding logic through a template layer.
-        template = nn.Conv2d(
+        template = self._dense_cls(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, False, padding_mode,
             device="meta",
         )
@@ -262,6 +271,11 @@ class FactorizedConv2d(nn.Module):
         self.dilation = template.dilation
         self.padding_mode = padding_mode
         self._reversed_padding_repeated_twice = template._reversed_padding_repeated_twice
+        # TorchScript-friendly copies: spatial rank, padding as a str ("same"/"valid") or ints.
+        self._dims = len(self.kernel_size)
+        self._padding_str = self.padding if isinstance(self.padding, str) else ""
+        self._padding_ints = [0] * self._dims if isinstance(self.padding, str) else list(self.padding)
+        self._fan_in = in_channels * math.prod(self.kernel_size)
         self.depth = depth
         self.forward_mode = forward_mode
         first = (out_channels, in_channels, *self.kernel_size)
@@ -288,26 +302,36 @@ class FactorizedConv2d(nn.Module):
         return linalg.unmatricize(mat, self.factors[0].shape)
 
     def _product(self) -> Tensor:
-        fs = list(self.factors)
+        fs: list[Tensor] = [f for f in self.factors]
         if len(fs) == 1:
             return fs[0]
-        mats = fs[1:][::-1] + [linalg.matricize(fs[0])]
-        return torch.linalg.multi_dot(mats).reshape(fs[0].shape)
+        first = fs[0]
+        mats = fs[1:][::-1] + [first.reshape(first.shape[0], -1)]
+        return torch.linalg.multi_dot(mats).reshape(first.shape)
+
+    def _conv_fn(self, x: Tensor, weight: Tensor, bias: Tensor | None, padding: list[int]) -> Tensor:
+        if self._dims == 1:
+            return F.conv1d(x, weight, bias, self.stride, padding, self.dilation)
+        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation)
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+            return self._conv_fn(x, weight, bias, [0] * self._dims)
+        if self._padding_str != "":
+            if self._dims == 1:
+                return F.conv1d(x, weight, bias, self.stride, self._padding_str, self.dilation)
+            return F.conv2d(x, weight, bias, self.stride, self._padding_str, self.dilation)
+        return self._conv_fn(x, weight, bias, self._padding_ints)
 
     def mode_for(self, positions: int) -> str:
         """``"chain"`` or ``"merged"``, the cheaper for ``positions`` = batch·H_out·W_out (MACs)."""
         if self.forward_mode != "auto":
             return self.forward_mode
         c, d = self.out_channels, self.depth
-        n = self.in_channels * math.prod(self.kernel_size)
+        n = self._fan_in
         chain = positions * (n * c + (d - 1) * c * c)
-        shapes = [(c, c)] * (d - 1) + [(c, n)]
+        shapes = [(c, c) for _ in range(d - 1)] + [(c, n)]
         merged = (_product_macs(shapes) if d > 1 else 0) + positions * n * c
         return "merged" if merged < chain else "chain"
 
@@ -315,21 +339,28 @@ class FactorizedConv2d(nn.Module):
         if self.depth == 1:
             return self._conv(x, self.factors[0], self.bias)
         # Output positions, without running the conv: standard conv arithmetic.
-        positions = x.shape[0] if x.dim() == 4 else 1
-        for i, size in enumerate(x.shape[-2:]):
-            k, s, dl = self.kernel_size[i], self.stride[i], self.dilation[i]
-            if self.padding == "same":
+        positions = x.shape[0] if x.dim() == self._dims + 2 else 1
+        spatial = x.shape[-self._dims :]
+        for i in range(self._dims):
+            size = spatial[i]
+            if self._padding_str == "same":
                 positions *= size
                 continue
-            p = 0 if self.padding == "valid" else self.padding[i]
+            k, s, dl = self.kernel_size[i], self.stride[i], self.dilation[i]
+            p = self._padding_ints[i]
             positions *= max(1, (size + 2 * p - dl * (k - 1) - 1) // s + 1)
         if self.mode_for(positions) == "merged":
             return self._conv(x, self._product(), self.bias)
-        y = self._conv(x, self.factors[0], None)
-        fs = list(self.factors)[1:]
-        for i, f in enumerate(fs):
-            b = self.bias if i == len(fs) - 1 else None
-            y = F.conv2d(y, f[:, :, None, None], b)
+        fs: list[Tensor] = [f for f in self.factors]
+        y = self._conv(x, fs[0], None)
+        n_mix = len(fs) - 1
+        for i in range(n_mix):
+            b = self.bias if i == n_mix - 1 else None
+            w = fs[i + 1].unsqueeze(-1)
+            if self._dims == 2:
+                y = F.conv2d(y, w.unsqueeze(-1), b)
+            else:
+                y = F.conv1d(y, w, b)
         return y
 
     @classmethod
@@ -352,7 +383,8 @@ class FactorizedConv2d(nn.Module):
         _check_init(init)
         if conv.groups != 1:
             raise ValueError(
-                f"Conv2d with groups={conv.groups} is not supported (only groups=1); exclude the layer"
+                f"{type(conv).__name__} with groups={conv.groups} is not supported (only groups=1); "
+                f"exclude the layer"
             )
         w = conv.weight
         layer = cls(
@@ -383,7 +415,7 @@ class FactorizedConv2d(nn.Module):
     def to_dense(self) -> nn.Conv2d:
         """Merge: a plain ``nn.Conv2d`` with the merged kernel and the same hyper-parameters."""
         w = self.factors[0]
-        dense = nn.Conv2d(
+        dense = self._dense_cls(
             self.in_channels,
             self.out_channels,
             self.kernel_size,
@@ -491,6 +523,8 @@ class LowRankConv2d(nn.Module):
     ``rank·(C_in·k_h·k_w + C_out)`` vs ``C_out·C_in·k_h·k_w`` dense (paper §2.9).
     """
 
+    _dense_cls: type = nn.Conv2d  # the plain layer type of both halves (Conv1d in the subclass)
+
     def __init__(
         self,
         in_channels: int,
@@ -511,11 +545,11 @@ class LowRankConv2d(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.rank = rank
-        self.first = nn.Conv2d(
+        self.first = self._dense_cls(
             in_channels, rank, kernel_size, stride, padding, dilation, 1, False, padding_mode,
             device=device, dtype=dtype,
         )
-        self.second = nn.Conv2d(rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
+        self.second = self._dense_cls(rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.second(self.first(x))
@@ -528,7 +562,9 @@ class LowRankConv2d(nn.Module):
             ValueError: ``groups != 1``, rank outside ``[1, min(C_out, C_in·k·k)]``, non-finite weight.
         """
         if conv.groups != 1:
-            raise ValueError(f"`{name}`: Conv2d with groups={conv.groups} cannot be split; exclude it")
+            raise ValueError(
+                f"`{name}`: {type(conv).__name__} with groups={conv.groups} cannot be split; exclude it"
+            )
         w = conv.weight
         a, b = linalg.split_low_rank(w.detach(), rank, name=name)
         layer = cls(
@@ -547,7 +583,7 @@ class LowRankConv2d(nn.Module):
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` whose kernel is the product of the two thin convs."""
         f, s = self.first, self.second
-        dense = nn.Conv2d(
+        dense = self._dense_cls(
             self.in_channels, self.out_channels, f.kernel_size, f.stride, f.padding, f.dilation, 1,
             s.bias is not None, f.padding_mode, device=s.weight.device, dtype=s.weight.dtype,
         )
@@ -562,3 +598,23 @@ class LowRankConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, rank={self.rank}"
+
+
+class FactorizedConv1d(FactorizedConv2d):
+    """``nn.Conv1d`` (groups=1) as a size-k conv then ``depth−1`` 1-wide channel-mixing factors.
+
+    Same math as :class:`FactorizedConv2d` with one spatial dim: ``factors[0]`` ``(C_out, C_in, k)``,
+    ``factors[1..]`` ``(C_out, C_out)``; weight matricized as ``(C_out, C_in·k)``. Input
+    ``(B, C_in, L)``, output ``(B, C_out, L_out)``.
+    """
+
+    _dense_cls: type = nn.Conv1d
+
+
+class LowRankConv1d(LowRankConv2d):
+    """Rank-r ``nn.Conv1d``: a size-k conv with ``rank`` filters, then a 1-wide conv to ``C_out``.
+
+    Params ``rank·(C_in·k + C_out)`` (+ bias); MACs per output position the same.
+    """
+
+    _dense_cls: type = nn.Conv1d

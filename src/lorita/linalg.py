@@ -107,7 +107,7 @@ def merge_factors(factors: Sequence[Tensor]) -> Tensor:
     return acc.to(out_dtype)
 
 
-def svd(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def svd(weight: Tensor, name: str = "weight") -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD of a (matricized) weight in float32/float64.
 
     Args:
@@ -118,10 +118,10 @@ def svd(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dtype (float32, or float64 for float64 input), so that ``U @ diag(S) @ Vh ≈ W``.
 
     Raises:
-        ValueError: if the weight holds NaN or Inf.
+        ValueError: if the weight holds NaN or Inf (the message names ``name``).
     """
     mat = matricize(weight).detach()
-    ensure_finite(mat, "weight")
+    ensure_finite(mat, name)
     mat = mat.to(_compute_dtype(mat))
     return torch.linalg.svd(mat, full_matrices=False)
 
@@ -153,7 +153,7 @@ def truncate_weight(weight: Tensor, rank: int, name: str = "weight") -> Tensor:
         ValueError / TypeError: rank out of range or not an int; non-finite weight.
     """
     _check_rank(rank, weight.shape, name)
-    U, S, Vh = svd(weight)
+    U, S, Vh = svd(weight, name)
     mat = (U[:, :rank] * S[:rank]) @ Vh[:rank]
     return unmatricize(mat, weight.shape).to(weight.dtype)
 
@@ -173,7 +173,7 @@ def split_low_rank(weight: Tensor, rank: int, name: str = "weight") -> tuple[Ten
         ValueError / TypeError: rank out of range; non-finite weight.
     """
     _check_rank(rank, weight.shape, name)
-    U, S, Vh = svd(weight)
+    U, S, Vh = svd(weight, name)
     root = S[:rank].sqrt()
     a = root[:, None] * Vh[:rank]
     b = U[:, :rank] * root[None, :]

@@ -90,7 +90,12 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](**kwargs)
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as exc:  # a bad --model-kwargs entry
+        raise TypeError(
+            f"model {name!r} rejects model_kwargs {kwargs}: {exc}; see lorita.models.{MODELS[name].__name__}"
+        ) from None
 
 
 def default_targets(name: str) -> tuple[Any, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorita import io, linalg
+from lorita import distributed, io
 from lorita.config import TrainConfig
 from lorita.counting import count_macs, count_params
 from lorita.data import DataSplits, TensorLoader, load_dataset
@@ -45,13 +44,15 @@ __all__ = [
     "load_data",
     "make_loaders",
     "build_training_model",
+    "build_info",
     "train_run",
     "load_run",
     "LoadedRun",
     "evaluate_point",
     "compress_run",
     "sweep_run",
-    "targeted_weight_params",
+    "weight_params",
+    "model_row",
     "DEFAULT_POINTS",
 ]
 
@@ -115,6 +116,12 @@ def _model_kwargs(cfg: TrainConfig, data: DataSplits | None) -> dict[str, Any]:
     return kw
 
 
+def build_info(cfg: TrainConfig, data: DataSplits) -> dict[str, Any]:
+    """What rebuilds a run's model without its data: ``{"model", "model_kwargs", "input_shape"}``
+    (stored in the manifest metadata of ``lorita compress`` outputs)."""
+    return {"model": cfg.model, "model_kwargs": _model_kwargs(cfg, data), "input_shape": list(data.input_shape)}
+
+
 def build_training_model(cfg: TrainConfig, data: DataSplits | None = None) -> nn.Module:
     """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets."""
     model = build_model(cfg.model, **_model_kwargs(cfg, data))
@@ -133,9 +140,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with io.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def check_device(device: str) -> None:
@@ -171,11 +177,24 @@ def train_run(
     Returns:
         The summary dict also written to ``summary.json``.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the model trains with DistributedDataParallel: each
+    process gets a disjoint shard of every epoch; rank 0 writes the files (bare-model keys, no
+    ``module.`` prefix) after checking that all replicas hold identical weights.
+
     Raises:
         ValueError: resuming with a different config; data errors from the loaders.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _train_run(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx, data)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train_run(
+    cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext,
+    data: DataSplits | None,
+) -> dict[str, Any]:
     if resume and (out / "config.json").is_file():
         old = TrainConfig.load(out / "config.json")
         if old.to_dict() != cfg.to_dict():
@@ -186,8 +205,9 @@ def train_run(
         logger.warning("--amp (bf16 autocast) applies on CUDA only; training %s in float32", cfg.device)
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg)
-    train, val, _ = make_loaders(data, cfg)
-    model = build_training_model(cfg, data).to(cfg.device)
+    train, val, _ = make_loaders(data, cfg, rank=ctx.rank, world_size=ctx.world_size)
+    model = build_training_model(cfg, data).to(ctx.device)
+    net = distributed.wrap(model, ctx)  # the model itself unless launched by torchrun
     opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, cfg.decay), cfg.lr, cfg.momentum)
     steps = cfg.epochs * len(train)
     sched = make_scheduler(cfg.scheduler, opt, steps, int(cfg.warmup_epochs * len(train)))
@@ -196,7 +216,7 @@ def train_run(
     start_epoch, history = 0, []
     elapsed = 0.0
     if resume and (out / "resume.pt").is_file():
-        state = torch.load(out / "resume.pt", map_location=cfg.device, weights_only=True)
+        state = torch.load(out / "resume.pt", map_location=ctx.device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -204,15 +224,18 @@ def train_run(
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         history = history[:start_epoch]
         logger.info("resuming %s at epoch %d", out, start_epoch)
-    _write_json(out / "config.json", cfg.to_dict())
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)  # only once data and model are known to be good
+        _write_json(out / "config.json", cfg.to_dict())
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train.set_epoch(epoch)
         tr = train_one_epoch(
-            model, train, opt, cfg.device, loss_fn, sched, progress=progress,
+            net, train, opt, ctx.device, loss_fn, sched, progress=progress,
             desc=f"epoch {epoch + 1}/{cfg.epochs} (depth {cfg.depth})", amp_dtype=amp_dtype,
         )
-        va = evaluate(model, val, cfg.device) if len(data.val_y) else {"loss": float("nan"), "acc": float("nan")}
+        tr = distributed.all_reduce_mean(tr, ctx)
+        va = evaluate(model, val, ctx.device) if len(data.val_y) else {"loss": float("nan"), "acc": float("nan")}
         dt = time.perf_counter() - t0
         elapsed += dt
         row = {
@@ -221,13 +244,18 @@ def train_run(
         }
         history.append(row)
         logger.info("epoch %d: train %.4f/%.4f val %.4f", epoch + 1, tr["loss"], tr["acc"], va["acc"])
+        if not ctx.is_main:
+            continue
         io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         _atomic_torch_save(
             {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "epoch": epoch, "elapsed": elapsed},
             out / "resume.pt",
         )
+    distributed.check_replicas_equal(model, ctx)
     model_cpu = model.to("cpu")
+    if not ctx.is_main:
+        return {"rank": ctx.rank, "world_size": ctx.world_size}
     io.save(model_cpu, out / "model.safetensors", metadata={"config": cfg.to_dict()})
     final_val = history[-1]["val_acc"] if history else evaluate(model_cpu, val)["acc"]
     summary = {
@@ -237,6 +265,7 @@ def train_run(
         "val_acc": final_val,
         "train_params": count_params(model_cpu).total_params,
         "wall_seconds": elapsed,
+        "world_size": ctx.world_size,
     }
     _write_json(out / "summary.json", summary)
     return summary
@@ -276,53 +305,62 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, data: DataSplits 
     return LoadedRun(cfg, data, dense, val, test, example, _targets(cfg))
 
 
-def targeted_weight_params(model: nn.Module, targets: tuple[Any, Any]) -> int:
-    """Weight params (no bias) of the targeted layers in their current form."""
+def weight_params(model: nn.Module, names: Sequence[str]) -> int:
+    """Weight params (no biases) of the named layers in their current form: both thin layers of a
+    low-rank layer, every factor of a factorized one, else the weight."""
+    mods = dict(model.named_modules())
     total = 0
-    for _, mod in weight_layers(model, *targets):
-        if hasattr(mod, "first"):
-            total += mod.first.weight.numel() + mod.second.weight.numel()
-        elif hasattr(mod, "factors"):
-            total += sum(f.numel() for f in mod.factors)
+    for n in names:
+        m = mods[n]
+        if hasattr(m, "first") and hasattr(m, "second"):
+            total += m.first.weight.numel() + m.second.weight.numel()
+        elif hasattr(m, "factors"):
+            total += sum(f.numel() for f in m.factors)
         else:
-            total += mod.weight.numel()
+            total += m.weight.numel()
     return total
 
 
-def evaluate_point(
-    run: LoadedRun, ranks: dict[str, int] | None, label: str, with_test: bool = True
-) -> tuple[dict[str, Any], nn.Module]:
-    """Accuracy and costs of the low-rank model at ``ranks`` (None: the dense model).
+def model_row(
+    run: LoadedRun,
+    model: nn.Module,
+    label: str,
+    ranks: dict[str, int] | None = None,
+    with_test: bool = True,
+    quantized: bool = False,
+) -> dict[str, Any]:
+    """Accuracy and costs of any model built from ``run`` (the row schema of sweeps and reports).
 
-    Returns:
-        (row dict, the low-rank model). Row keys: label, val_acc, test_acc, params, macs,
-        weight_params, weight_params_frac, params_frac, macs_frac, ranks.
+    Keys: label, val_acc, test_acc, params, macs, weight_params, weight_params_frac, params_frac,
+    macs_frac, ranks. MACs per sample. ``weight_params`` counts the targeted layers only.
+    ``quantized=True``: only the accuracies are measured (packed int8 weights are invisible to
+    the counters; :func:`lorita.search_pipeline.add_int8` fills in the float model's counts).
     """
-    model = run.dense if ranks is None else to_low_rank(run.dense, ranks)
+    names = [n for n, _ in weight_layers(run.dense, *run.targets)]
     dense_cost = count_macs(run.dense, run.example_inputs)
-    cost = dense_cost if ranks is None else count_macs(model, run.example_inputs)
-    dense_w = targeted_weight_params(run.dense, run.targets)
-    w = dense_w
-    if ranks is not None:
-        w = 0
-        for fqn, mod in weight_layers(run.dense, *run.targets):
-            wt = mod.weight
-            m, n = wt.shape[0], wt[0].numel()
-            r = ranks.get(fqn, min(m, n))
-            w += linalg.low_rank_params(m, n, r) if linalg.worth_splitting(m, n, r) else m * n
-    row = {
+    cost = dense_cost if model is run.dense or quantized else count_macs(model, run.example_inputs)
+    dense_w = weight_params(run.dense, names)
+    w = weight_params(model, names) if not quantized else None
+    return {
         "label": label,
         "val_acc": evaluate(model, run.val)["acc"],
         "test_acc": evaluate(model, run.test)["acc"] if with_test else None,
         "params": cost.total_params,
         "macs": cost.total_macs,
         "weight_params": w,
-        "weight_params_frac": w / dense_w,
+        "weight_params_frac": None if w is None else w / dense_w,
         "params_frac": cost.total_params / dense_cost.total_params,
         "macs_frac": cost.total_macs / dense_cost.total_macs,
         "ranks": ranks,
     }
-    return row, model
+
+
+def evaluate_point(
+    run: LoadedRun, ranks: dict[str, int] | None, label: str, with_test: bool = True
+) -> tuple[dict[str, Any], nn.Module]:
+    """Row (see :func:`model_row`) and model of the low-rank model at ``ranks`` (None: dense)."""
+    model = run.dense if ranks is None else to_low_rank(run.dense, ranks)
+    return model_row(run, model, label, ranks, with_test), model
 
 
 def compress_run(
@@ -334,14 +372,15 @@ def compress_run(
     ``low_rank.safetensors`` (+ manifest), ``report.json`` and ``report.md`` to ``out_dir``.
     """
     run = load_run(run_dir, data_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pol = parse_policy(policy, example_inputs=run.example_inputs)
     ranks = select_ranks(run.dense, pol, *run.targets)
+    out = Path(out_dir)  # created only once the inputs are known to be good
+    out.mkdir(parents=True, exist_ok=True)
     dense_row, _ = evaluate_point(run, None, "dense (merged)")
     low_row, low = evaluate_point(run, ranks, f"low-rank ({policy})")
-    io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir)})
-    io.save(low, out / "low_rank.safetensors", metadata={"run": str(run_dir), "policy": policy})
+    build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data
+    io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir), "build": build})
+    io.save(low, out / "low_rank.safetensors", metadata={"run": str(run_dir), "policy": policy, "build": build})
     _write_json(out / "ranks.json", ranks)
     layers = count_macs(low, run.example_inputs)
     report = {"run": str(run_dir), "policy": policy, "dense": dense_row, "low_rank": low_row,

@@ -7,7 +7,6 @@ figure is written atomically (temp file, then rename) as PNG.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,14 @@ def _plt():
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    from lorita.io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    _plt().close(fig)
+    try:
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 
@@ -59,6 +60,12 @@ def plot_sweeps(
         if dense is not None:
             ax.axhline(dense * 100, color=line.get_color(), ls=":", lw=1)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_minor_formatter(fmt)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel({"weight_params_frac": "weight params kept (% of dense, targeted layers)",
                    "params_frac": "params kept (% of dense model)",
                    "macs_frac": "MACs kept (% of dense model)"}.get(x, x))
@@ -103,6 +110,7 @@ def plot_spectra(
         axes[k // cols][k % cols].axis("off")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Singular-value spectra of the merged weights")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, path)
 
 

@@ -21,7 +21,6 @@ import copy
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -114,22 +113,14 @@ def save_quantized(
     Returns:
         The path written.
     """
-    from lorita.io import manifest_of
+    from lorita.io import atomic_path, manifest_of
 
     path = Path(path)
     manifest = manifest_of(float_model if float_model is not None else nn.Module(), metadata)
     manifest["format"] = _FORMAT
     payload = {"manifest": json.dumps(manifest, sort_keys=True), "state_dict": model.state_dict()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lorita import linalg
+from lorita.attention import FactorizedMultiheadAttention
 from lorita.surgery import effective_weight, weight_layers
 from lorita.targeting import Targets
 
@@ -174,6 +175,9 @@ def deployable_cost(m: int, n: int, rank: int) -> int:
     return min(linalg.low_rank_params(m, n, rank), m * n)
 
 
+_ATTENTION = (nn.MultiheadAttention, FactorizedMultiheadAttention)
+
+
 def _positions(model: nn.Module, names: list[str], example_inputs: Any) -> dict[str, int]:
     inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
     first = next((t for t in inputs if isinstance(t, Tensor)), None)
@@ -184,13 +188,20 @@ def _positions(model: nn.Module, names: list[str], example_inputs: Any) -> dict[
 
     def hook(name: str) -> Callable:
         def fn(mod: nn.Module, args: Any, out: Tensor) -> None:
+            if isinstance(mod, _ATTENTION):  # `attn.in_proj` / `attn.out_proj`: one position per token
+                out = out[0]
+                found[name] = found.get(name, 0) + out.numel() // out.shape[-1]
+                return
             w = effective_weight(mod)
             found[name] = found.get(name, 0) + out.numel() // w.shape[0]
 
         return fn
 
     for n in names:
-        handles.append(modules[n].register_forward_hook(hook(n)))
+        # a projection of nn.MultiheadAttention is read as a tensor: hook the attention itself
+        parent = modules.get(n.rpartition(".")[0])
+        target = parent if isinstance(parent, _ATTENTION) else modules[n]
+        handles.append(target.register_forward_hook(hook(n)))
     try:
         was_training = model.training
         model.eval()

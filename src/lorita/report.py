@@ -68,8 +68,8 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
 
 
 def side_by_side(sweeps: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
-    """One row per sweep point (matched by ``point``): test accuracy and drop of each run."""
-    head = "| budget | " + " | ".join(f"{lb} test % (drop) | {lb} weight params" for lb in labels) + " |"
+    """One row per sweep point (matched by ``point``): test accuracy and its change vs dense."""
+    head = "| budget | " + " | ".join(f"{lb} test % (Δ vs dense) | {lb} weight params" for lb in labels) + " |"
     sep = "|---:|" + "---:|---:|" * len(labels)
     pts = sorted({r["point"] for s in sweeps for r in s["points"]})
     lines = [head, sep]
@@ -84,7 +84,7 @@ def side_by_side(sweeps: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> 
             if r is None:
                 cells.append("– | –")
                 continue
-            drop = 100 * (s["dense"]["test_acc"] - r["test_acc"])
-            cells.append(f"{pct(r['test_acc'])} ({drop:+.2f}) | {r['weight_params']:,}")
+            change = 100 * (r["test_acc"] - s["dense"]["test_acc"])
+            cells.append(f"{pct(r['test_acc'])} ({change:+.2f}) | {r['weight_params']:,}")
         lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

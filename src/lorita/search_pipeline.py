@@ -21,13 +21,10 @@ from torch import nn
 
 from lorita import io
 from lorita.counting import count_macs
-from lorita.engine import evaluate
-from lorita.layers import LowRankConv2d, LowRankLinear
-from lorita.pipeline import LoadedRun, load_run, make_loaders
+from lorita.pipeline import LoadedRun, build_info, load_run, make_loaders, model_row
 from lorita.quantize import file_bytes, quantize_int8, save_quantized
 from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.report import pct
-from lorita.surgery import weight_layers
 
 __all__ = [
     "model_row",
@@ -46,52 +43,6 @@ QUANTIZE_CHOICES = ("int8",)
 
 def _write_json(path: Path, obj: Any) -> None:
     io.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def _weight_params(model: nn.Module, names: Sequence[str]) -> int:
-    mods = dict(model.named_modules())
-    total = 0
-    for n in names:
-        m = mods[n]
-        if isinstance(m, LowRankLinear | LowRankConv2d):
-            total += m.first.weight.numel() + m.second.weight.numel()
-        else:
-            total += m.weight.numel()
-    return total
-
-
-def model_row(
-    run: LoadedRun,
-    model: nn.Module,
-    label: str,
-    ranks: dict[str, int] | None = None,
-    with_test: bool = True,
-    quantized: bool = False,
-) -> dict[str, Any]:
-    """Accuracy and costs of any model built from ``run`` (the row schema of ``lorita sweep``).
-
-    Keys: label, val_acc, test_acc, params, macs, weight_params, weight_params_frac, params_frac,
-    macs_frac, ranks. MACs per sample. ``quantized=True``: only the accuracies are measured (the
-    packed int8 weights are invisible to the counters); :func:`add_int8` fills in the float model's
-    counts.
-    """
-    names = [n for n, _ in weight_layers(run.dense, *run.targets)]
-    dense_cost = count_macs(run.dense, run.example_inputs)
-    cost = dense_cost if model is run.dense or quantized else count_macs(model, run.example_inputs)
-    dense_w = _weight_params(run.dense, names)
-    w = _weight_params(model, names) if not quantized else None
-    return {
-        "label": label,
-        "val_acc": evaluate(model, run.val)["acc"],
-        "test_acc": evaluate(model, run.test)["acc"] if with_test else None,
-        "params": cost.total_params,
-        "macs": cost.total_macs,
-        "weight_params": w,
-        "weight_params_frac": None if w is None else w / dense_w,
-        "params_frac": cost.total_params / dense_cost.total_params,
-        "macs_frac": cost.total_macs / dense_cost.total_macs,
-        "ranks": ranks,
-    }
 
 
 def run_search(
@@ -198,14 +149,15 @@ def compress_search_run(
     ft += " + distill" if config.finetune is not None and config.finetune.distill is not None else ""
     low_row = model_row(run, result.model, f"low-rank (greedy search{ft})", result.ranks)
     low_row["wall_seconds"] = time.perf_counter() - t0
+    build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data
     dense_row["bytes"] = file_bytes(
-        io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir)})
+        io.save(run.dense, out / "merged.safetensors", metadata={"run": str(run_dir), "build": build})
     )
     low_row["bytes"] = file_bytes(
         io.save(
             result.model,
             out / "low_rank.safetensors",
-            metadata={"run": str(run_dir), "search": result.config},
+            metadata={"run": str(run_dir), "search": result.config, "build": build},
         )
     )
     _write_json(out / "ranks.json", result.ranks)

@@ -14,15 +14,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from lorita import linalg
-from lorita.layers import (
-    FactorizedConv2d,
-    FactorizedLinear,
-    ForwardMode,
-    Init,
-    LowRankConv2d,
-    LowRankLinear,
-)
+from lorita import kinds, linalg
+from lorita.attention import PROJECTIONS, FactorizedMultiheadAttention, ProjectionView
+from lorita.layers import ForwardMode, Init
 from lorita.targeting import TargetPlan, Targets, find_targets
 
 __all__ = [
@@ -40,47 +34,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FACTORIZED_TYPES: tuple[type, ...] = (FactorizedLinear, FactorizedConv2d)
-LOW_RANK_TYPES: tuple[type, ...] = (LowRankLinear, LowRankConv2d)
-DENSE_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv2d)
-
-
-def _ok(_: nn.Module) -> str | None:
-    return None
-
-
-def _conv_ok(m: nn.Module) -> str | None:
-    if m.groups != 1:
-        return f"Conv2d with groups={m.groups}: only groups=1 is supported"
-    return None
-
-
-def _already(m: nn.Module) -> str | None:
-    return f"already factorized (depth={m.depth})"
-
-
-def _is_low_rank(m: nn.Module) -> str | None:
-    return f"already low-rank (rank={m.rank}); merge it first"
-
-
-_FACTORIZE_KINDS: dict[type, Callable[[nn.Module], str | None]] = {
-    nn.Linear: _ok,
-    nn.Conv2d: _conv_ok,
-    FactorizedLinear: _already,
-    FactorizedConv2d: _already,
-    LowRankLinear: _is_low_rank,
-    LowRankConv2d: _is_low_rank,
-}
-_WEIGHT_KINDS: dict[type, Callable[[nn.Module], str | None]] = {
-    nn.Linear: _ok,
-    nn.Conv2d: _conv_ok,
-    FactorizedLinear: _ok,
-    FactorizedConv2d: _ok,
-    LowRankLinear: _ok,
-    LowRankConv2d: _ok,
-}
-_FACTORIZE = {nn.Linear: FactorizedLinear, nn.Conv2d: FactorizedConv2d}
-_SPLIT = {nn.Linear: LowRankLinear, nn.Conv2d: LowRankConv2d}
+# Layer kinds, their forms and skip reasons live in lorita.kinds (Linear, Conv1d/2d,
+# MultiheadAttention, GPT-2 Conv1D); matching is on exact types.
+FACTORIZED_TYPES: tuple[type, ...] = kinds.FACTORIZED_TYPES
+LOW_RANK_TYPES: tuple[type, ...] = kinds.LOW_RANK_TYPES
+DENSE_TYPES: tuple[type, ...] = kinds.DENSE_TYPES
+_FACTORIZE_KINDS = kinds.FACTORIZE_CHECKS
+_FACTORIZABLE = "factorizable layers (Linear, Conv1d/2d, MultiheadAttention, GPT-2 Conv1D)"
+_WEIGHT_KINDS = kinds.WEIGHT_CHECKS
 
 
 def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
@@ -107,9 +68,18 @@ def factorize_plan(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> TargetPlan:
     """Which layers :func:`factorize` would replace, and which it would skip and why."""
-    return find_targets(
-        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what="Linear/Conv2d layers"
-    )
+    return _drop_inner_skips(find_targets(
+        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what=_FACTORIZABLE
+    ))
+
+
+def _drop_inner_skips(plan: TargetPlan) -> TargetPlan:
+    """Forget skip reasons of modules inside a target (e.g. ``attn.out_proj`` when ``attn`` is one)."""
+    names = plan.names
+    plan.skipped = {
+        fqn: why for fqn, why in plan.skipped.items() if not any(fqn.startswith(n + ".") for n in names)
+    }
+    return plan
 
 
 def factorize(
@@ -161,9 +131,11 @@ def factorize(
     plan = factorize_plan(work, target_modules, exclude_modules, filter_fn)
     new: dict[str, nn.Module] = {}
     for fqn, mod in plan.targets:
-        cls = _FACTORIZE[type(mod)]
+        cls = kinds.factorized_class(mod)
         try:
             new[fqn] = cls.from_dense(mod, depth, init=init, forward_mode=forward_mode)
+            for pname, p in new[fqn].named_parameters():  # copied weights/biases must be finite
+                linalg.ensure_finite(p.detach(), pname)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"`{fqn}`: {exc}") from None
     _swap_all(work, new)
@@ -186,6 +158,8 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
     work = _work_copy(model, inplace)
     new: dict[str, nn.Module] = {}
     for fqn, mod in work.named_modules():
+        if any(fqn.startswith(done + ".") for done in new):
+            continue  # inside a layer merged as a whole (the projections of an attention module)
         if isinstance(mod, FACTORIZED_TYPES + LOW_RANK_TYPES):
             try:
                 new[fqn] = mod.to_dense()
@@ -200,11 +174,16 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
 def effective_weight(module: nn.Module) -> Tensor:
     """The dense weight a layer applies: ``(out, in)`` or ``(C_out, C_in, k_h, k_w)``, detached.
 
-    Works for ``nn.Linear``, ``nn.Conv2d`` and lorita's factorized and low-rank layers.
+    Works for ``nn.Linear``, ``nn.Conv1d/2d``, GPT-2 ``Conv1D`` (returned transposed, ``(out, in)``),
+    the projections of an ``nn.MultiheadAttention`` (:class:`~lorita.attention.ProjectionView`)
+    and lorita's factorized and low-rank layers.
 
     Raises:
         TypeError: for other modules.
     """
+    special = kinds.effective_matrix_weight(module)
+    if special is not None:
+        return special
     with torch.no_grad():
         if isinstance(module, FACTORIZED_TYPES):
             return module.merged_weight().detach()
@@ -221,16 +200,34 @@ def weight_layers(
     exclude_modules: Targets = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> list[tuple[str, nn.Module]]:
-    """Linear/Conv2d/factorized/low-rank layers that rank selection and truncation act on."""
-    plan = find_targets(
+    """Weight layers that rank selection and truncation act on, as ``[(fqn, layer)]``.
+
+    Linear/Conv1d/Conv2d/GPT-2 Conv1D and their factorized and low-rank forms. An attention module
+    ``attn`` (dense or factorized) gives two entries, ``attn.in_proj`` and ``attn.out_proj``
+    (:class:`~lorita.attention.ProjectionView` objects for a dense ``nn.MultiheadAttention``).
+    """
+    plan = _drop_inner_skips(find_targets(
         model, _WEIGHT_KINDS, target_modules, exclude_modules, filter_fn, what="weight layers"
-    )
+    ))
     for fqn, reason in plan.skipped.items():
         logger.warning("skipping `%s`: %s", fqn, reason)
-    # The two thin nn.Linear/Conv2d halves inside a low-rank layer are part of that layer, not
-    # layers of their own (counting them too would double the weights and spectra).
+    # The two thin halves inside a low-rank layer are part of that layer, not layers of their own
+    # (counting them too would double the weights and spectra). An attention module gives its two
+    # projections.
     outer = [f for f, m in plan.targets if isinstance(m, LOW_RANK_TYPES)]
-    return [(f, m) for f, m in plan.targets if not any(f.startswith(o + ".") for o in outer)]
+    out: dict[str, object] = {}
+    for fqn, mod in plan.targets:
+        if any(fqn.startswith(o + ".") for o in outer):
+            continue
+        if isinstance(mod, nn.MultiheadAttention):
+            for proj in PROJECTIONS:
+                out[f"{fqn}.{proj}"] = ProjectionView(mod, proj)
+        elif isinstance(mod, FactorizedMultiheadAttention):
+            for proj in PROJECTIONS:
+                out[f"{fqn}.{proj}"] = getattr(mod, proj)
+        else:
+            out.setdefault(fqn, mod)
+    return list(out.items())
 
 
 def singular_values(
@@ -262,6 +259,8 @@ def singular_values(
 
 
 def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Module]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(ranks, Mapping):
         raise TypeError(f"`ranks` must be a dict {{layer name: int}}, got {type(ranks).__name__}")
     if not ranks:
@@ -269,16 +268,31 @@ def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Mod
     modules = dict(model.named_modules())
     layers: dict[str, nn.Module] = {}
     for fqn in ranks:
+        if not isinstance(fqn, str):
+            raise TypeError(f"`ranks` keys must be layer names (str), got {fqn!r}")
         mod = modules.get(fqn)
+        parent_name, _, leaf = fqn.rpartition(".")
+        parent = modules.get(parent_name)
+        if isinstance(parent, nn.MultiheadAttention) and leaf in PROJECTIONS:
+            reason = kinds.dense_reason(parent)
+            if reason:
+                raise ValueError(f"`{parent_name}`: {reason}; drop `{fqn}` from `ranks`")
+            layers[fqn] = ProjectionView(parent, leaf)
+            continue
         if mod is None:
             raise ValueError(f"`{fqn}` in `ranks` is not a module of the model; check the layer names")
-        if isinstance(mod, FACTORIZED_TYPES):
+        if isinstance(mod, FACTORIZED_TYPES) or isinstance(parent, FactorizedMultiheadAttention):
             raise TypeError(f"`{fqn}` is still factorized; call lorita.merge(model) before truncating")
-        if type(mod) not in DENSE_TYPES:
-            raise TypeError(
-                f"`{fqn}` is a {type(mod).__name__}; ranks apply to nn.Linear / nn.Conv2d layers only"
+        if isinstance(mod, nn.MultiheadAttention):
+            raise ValueError(
+                f"`{fqn}` is an nn.MultiheadAttention; give ranks for `{fqn}.in_proj` and `{fqn}.out_proj`"
             )
-        reason = _conv_ok(mod) if isinstance(mod, nn.Conv2d) else None
+        if type(mod) not in DENSE_TYPES and not kinds.is_transposed_linear(mod):
+            raise TypeError(
+                f"`{fqn}` is a {type(mod).__name__}; ranks apply to Linear, Conv1d/Conv2d, GPT-2 Conv1D and "
+                f"attention projections only"
+            )
+        reason = kinds.dense_reason(mod)
         if reason:
             raise ValueError(f"`{fqn}`: {reason}; drop it from `ranks`")
         layers[fqn] = mod
@@ -332,11 +346,14 @@ def to_low_rank(model: nn.Module, ranks: Mapping[str, int], inplace: bool = Fals
         w = mod.weight.detach()
         m, n = w.shape[0], w[0].numel()
         r = ranks[fqn]
-        if isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= min(m, n) and linalg.worth_splitting(m, n, r):
-            new_layers[fqn] = _SPLIT[type(mod)].from_dense(mod, r, name=fqn)
+        split = kinds.low_rank_class(mod)
+        valid = isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= min(m, n)
+        if split is not None and valid and linalg.worth_splitting(m, n, r):
+            new_layers[fqn] = split.from_dense(mod, r, name=fqn)
         else:
             new_weights[fqn] = linalg.truncate_weight(w, r, name=fqn)
-            logger.info("to_low_rank: `%s` stays dense at rank %s (split would not save MACs)", fqn, r)
+            why = "split would not save MACs" if split is not None else "attention projections are not split"
+            logger.info("to_low_rank: `%s` stays dense at rank %s (%s)", fqn, r, why)
     with torch.no_grad():
         for fqn, w in new_weights.items():
             layers[fqn].weight.copy_(w)

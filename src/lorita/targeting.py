@@ -111,6 +111,8 @@ def find_targets(
     Raises:
         ValueError: an invalid regex, or nothing matched (the message lists candidates).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     _validate_spec(target_modules, "target_modules")
     _validate_spec(exclude_modules, "exclude_modules")
     if isinstance(target_modules, str) or target_modules is None:

@@ -1,0 +1,251 @@
+"""Export a (low-rank) model to ONNX with ``torch.onnx`` and check it with onnxruntime.
+
+The deployable model of :func:`lorita.to_low_rank` is made of plain ``nn.Linear`` / ``nn.Conv1d``
+/ ``nn.Conv2d`` pairs, so the standard exporter (``torch.onnx.export(..., dynamo=True)``, which
+needs the ``onnxscript`` package) handles it without custom ops. The file is written to a temp
+name, checked, then renamed: a failed export or check leaves no ``OUT.onnx`` behind.
+
+Optional dependencies: ``pip install 'lorita[onnx]'`` (onnx, onnxscript, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lorita.io import atomic_path
+
+__all__ = ["export_onnx", "onnx_max_abs_diff", "ONNX_ATOL", "ONNX_RTOL"]
+
+logger = logging.getLogger(__name__)
+
+#: Default agreement required between onnxruntime and PyTorch outputs (float32):
+#: ``|ort - torch| <= ONNX_ATOL + ONNX_RTOL·|torch|`` element-wise.
+ONNX_ATOL = 1e-4
+ONNX_RTOL = 1e-4
+_MAX_SINGLE_FILE_BYTES = 2**31 - 2**27  # protobuf's 2 GiB limit, with headroom for the graph
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Tensor, ...]:
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError("`example_inputs` must be a tensor or a tuple of tensors the model accepts")
+    return inputs
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(
+            f"ONNX export needs the optional package `{module}`; install it with pip install 'lorita[onnx]'"
+        ) from None
+
+
+def onnx_max_abs_diff(model: nn.Module, path: str | Path, example_inputs: Any) -> tuple[float, bool]:
+    """Run the ONNX file with onnxruntime (CPU) and compare with ``model`` on the same inputs.
+
+    Args:
+        model: the PyTorch model (run in eval mode, no grad).
+        path: the ``.onnx`` file.
+        example_inputs: a tensor or tuple of tensors (float32 recommended).
+
+    Returns:
+        ``(max |ort − torch|, within)`` where ``within`` is whether every element satisfies
+        ``|ort − torch| <= ONNX_ATOL + ONNX_RTOL·|torch|``.
+
+    Raises:
+        ValueError: onnxruntime is not installed, or the output counts differ.
+    """
+    ort = _require("onnxruntime")
+    inputs = _as_tuple(example_inputs)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(sess.get_inputs(), inputs, strict=True)}
+    got = sess.run(None, feeds)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        ref = model(*inputs)
+    model.train(was_training)
+    refs = [ref] if isinstance(ref, Tensor) else [r for r in ref if isinstance(r, Tensor)]
+    if len(refs) != len(got):
+        raise ValueError(f"{path}: onnxruntime returned {len(got)} outputs, PyTorch {len(refs)}")
+    worst, within = 0.0, True
+    for r, g in zip(refs, got, strict=True):
+        r = r.detach().cpu().float().numpy()
+        diff = np.abs(g.astype(np.float32) - r)
+        worst = max(worst, float(diff.max()) if diff.size else 0.0)
+        within = within and bool((diff <= ONNX_ATOL + ONNX_RTOL * np.abs(r)).all())
+    return worst, within
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    dynamic_batch: bool = True,
+    opset_version: int | None = None,
+    check: bool = True,
+    input_names: Sequence[str] | None = None,
+) -> tuple[Path, float | None]:
+    """Export ``model`` (eval mode) to one ``.onnx`` file, atomically, and check it.
+
+    Args:
+        model: any exportable model, typically the output of :func:`lorita.to_low_rank` (plain
+            Linear/Conv layers) or :func:`lorita.merge`.
+        example_inputs: a tensor or tuple of tensors, e.g. ``torch.randn(2, 1, 28, 28)``. Use a
+            batch of at least 2 when ``dynamic_batch`` (size-1 dims are specialized by torch.export).
+        path: the ``.onnx`` file to write (parent folders are created).
+        dynamic_batch: mark dim 0 of every input as a dynamic ``batch`` axis.
+        opset_version: ONNX opset (None: the exporter's default).
+        check: compare onnxruntime with PyTorch on ``example_inputs`` (needs onnxruntime); a
+            mismatch beyond ``ONNX_ATOL + ONNX_RTOL·|y|`` raises and writes nothing.
+        input_names: ONNX input names (default ``input``, ``input_1``, ...).
+
+    Returns:
+        ``(path, max |ort − torch|)`` (the difference is None when ``check=False``).
+
+    Raises:
+        TypeError: bad ``model``/``example_inputs``.
+        ValueError: missing optional packages, an export failure (message from torch.onnx), a
+            model too large for one file, or outputs that differ beyond the tolerance.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = _as_tuple(example_inputs)
+    _require("onnxscript")
+    _require("onnx")
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if nbytes > _MAX_SINGLE_FILE_BYTES:
+        raise ValueError(
+            f"the model has {nbytes / 2**30:.1f} GiB of weights, over ONNX's 2 GiB single-file limit; call "
+            f"torch.onnx.export(..., external_data=True) yourself"
+        )
+    path = Path(path)
+    names = list(input_names) if input_names else ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
+    dynamic = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic = tuple({0: batch} if t.dim() > 0 else None for t in inputs)
+    was_training = model.training
+    model.eval()
+    diff = None
+    try:
+        with atomic_path(path, suffix=".tmp.onnx") as tmp:
+            try:
+                torch.onnx.export(
+                    model, inputs, tmp, dynamo=True, dynamic_shapes=dynamic, input_names=names,
+                    opset_version=opset_version, external_data=False, verbose=False,
+                )
+            except Exception as exc:  # torch.onnx raises many types; report one line and the cause
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
+            if check:
+                diff, within = onnx_max_abs_diff(model, tmp, inputs)
+                if not within:
+                    raise ValueError(
+                        f"onnxruntime and PyTorch disagree by up to {diff:.3g} (> {ONNX_ATOL:g} + "
+                        f"{ONNX_RTOL:g}·|y|); {path} was not written"
+                    )
+    finally:
+        model.train(was_training)
+    logger.info("exported %s (max |ort - torch| = %s)", path, diff)
+    return path, diff
+
+
+def _model_from_compressed(folder: Path, form: str) -> tuple[nn.Module, tuple[int, ...]]:
+    from lorita import io
+    from lorita.models import build_model
+
+    path = folder / ("low_rank.safetensors" if form == "low_rank" else "merged.safetensors")
+    manifest = io.read_manifest(path)
+    build = manifest.get("metadata", {}).get("build")
+    if not isinstance(build, dict) or not {"model", "model_kwargs", "input_shape"} <= set(build):
+        raise ValueError(
+            f"{path} does not record how to rebuild its model (written by an older lorita); run "
+            f"`lorita compress` again on the training run"
+        )
+    model = build_model(build["model"], **build["model_kwargs"])
+    return io.load(model, path), tuple(int(s) for s in build["input_shape"])
+
+
+def export_dir(
+    folder: str | Path,
+    onnx_path: str | Path,
+    form: str = "low_rank",
+    policy: str | None = None,
+    data_dir: str | None = None,
+    batch: int = 2,
+    seed: int = 0,
+) -> tuple[Path, float | None]:
+    """``lorita export``: export the model of a lorita output folder to ONNX, checked.
+
+    Folder contract:
+
+    * a folder written by ``lorita compress`` (``low_rank.safetensors`` + ``merged.safetensors``):
+      exports the low-rank model (``form="low_rank"``) or the merged dense one (``form="dense"``);
+      no data needed (the files record the model name, its kwargs and the input shape).
+    * a folder written by ``lorita train`` (``config.json`` + ``model.safetensors``): with
+      ``policy`` it is first compressed into ``FOLDER/compressed`` (as ``lorita compress``);
+      with ``form="dense"`` and no policy the merged model is exported.
+
+    Args:
+        folder: the folder. onnx_path: the ``.onnx`` file to write.
+        form: ``"low_rank"`` or ``"dense"``. policy: a rank policy string (train folders only).
+        data_dir: override the run's data folder (train folders only).
+        batch, seed: the random example batch ``(batch, *input_shape)`` used to trace and check.
+
+    Returns:
+        ``(onnx path, max |onnxruntime − PyTorch|)``.
+
+    Raises:
+        FileNotFoundError / ValueError: a folder that is neither, a missing policy, bad files,
+            missing optional packages, an export or check failure.
+    """
+    if form not in ("low_rank", "dense"):
+        raise ValueError(f"`form` must be 'low_rank' or 'dense', got {form!r}")
+    src = Path(folder)
+    if not src.is_dir():
+        raise FileNotFoundError(
+            f"{src} is not a folder; pass a folder written by `lorita compress` or `lorita train`"
+        )
+    compressed = (src / "low_rank.safetensors").is_file() or (src / "merged.safetensors").is_file()
+    trained = (src / "config.json").is_file() and (src / "model.safetensors").is_file()
+    if compressed:
+        if policy is not None:
+            raise ValueError(f"{src} is already compressed; drop --policy (it applies to training folders)")
+        model, shape = _model_from_compressed(src, form)
+    elif trained:
+        from lorita.pipeline import compress_run, load_run
+
+        if policy is not None:
+            if form == "dense":
+                raise ValueError("--policy gives a low-rank model; drop it to export the dense model")
+            compress_run(src, policy, src / "compressed", data_dir=data_dir)
+            model, shape = _model_from_compressed(src / "compressed", form)
+        elif form == "dense":
+            run = load_run(src, data_dir)
+            model, shape = run.dense, tuple(run.example_inputs.shape[1:])
+        else:
+            raise ValueError(
+                f"{src} is a training run: give --policy (e.g. energy:0.99) to compress it first, or "
+                f"--form dense to export the merged model"
+            )
+    else:
+        raise ValueError(
+            f"{src} holds neither low_rank.safetensors (from `lorita compress`) nor config.json + "
+            f"model.safetensors (from `lorita train`); pass one of those folders"
+        )
+    if not isinstance(batch, int) or batch < 2:
+        raise ValueError(f"`batch` must be an int >= 2 (size-1 dims are specialized by torch.export), got {batch}")
+    g = torch.Generator().manual_seed(seed)
+    example = torch.randn((batch, *shape), generator=g)
+    return export_onnx(model.eval(), example, onnx_path)
