@@ -69,3 +69,13 @@ def mnist():
     from lorita.data import load_mnist
 
     return load_mnist(MNIST_DIR)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The suite's tensors are tiny: one intra-op thread is as fast on a quiet machine and up to
+    30× faster on a busy shared one (OpenMP workers spin-wait for cores that other jobs hold)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
