@@ -116,7 +116,7 @@ def smallest_within(sweep: dict[str, Any], tolerance: float = 1.0) -> dict[str, 
 
 
 # The demo's recipe (same for every depth): the paper's SGD recipe, short enough for 2 CPU cores.
-DEMO_RECIPE: dict[str, Any] = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "epochs": 8}
+DEMO_RECIPE: dict[str, Any] = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-3, "epochs": 20}
 DEMO_BUDGETS = [0.02, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2, 0.3]
 
 
