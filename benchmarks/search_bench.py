@@ -1,12 +1,15 @@
-"""Greedy rank search vs the best one-shot policy on MNIST FCN (depth 3), plus fine-tuning,
-distillation and int8 — the table of issue 3.
+"""Greedy rank search vs the best one-shot policy on a trained run (MNIST FCN or CIFAR-10 CNN), plus
+fine-tuning, distillation and int8 — the table of issue 3.
 
 Every choice is made on the 5,000-image validation split: the one-shot grid point, the search's
 steps, the fine-tuning acceptance. Test accuracy is computed once per reported row, at the end.
 
     .venv/bin/lorita train --depth 3 --epochs 10 --optimizer adam --lr 1e-3 --weight-decay 1e-4 \
         --threads 1 --out runs/d3
-    .venv/bin/python benchmarks/search_mnist.py --run runs/d3 --out benchmarks/search_mnist --threads 1
+    .venv/bin/python benchmarks/search_bench.py --run runs/d3 --out benchmarks/search_mnist --threads 1
+
+For a CNN, evaluate on a fixed validation subset and a coarser one-shot grid, e.g.
+``--val-samples 2000 --grid-every 4 --variants search finetune``.
 
 Writes ``results.json``, ``results.md`` and ``results.png`` to ``--out``.
 """
@@ -44,11 +47,30 @@ GRIDS = {
 }
 
 
-def one_shot(run, evaluator, floor):
-    """Every grid point of every one-shot policy, judged on validation; the cheapest in tolerance."""
+VARIANTS = {
+    "search": "greedy search",
+    "loss_per_mac": "greedy search (loss per MAC)",
+    "finetune": "greedy search + fine-tune",
+    "distill": "greedy search + fine-tune + distill",
+}
+
+
+def make_config(variant: str, tolerance: float, ft: FinetuneConfig) -> GreedySearch:
+    if variant == "search":
+        return GreedySearch(tolerance=tolerance)
+    if variant == "loss_per_mac":
+        return GreedySearch(tolerance=tolerance, criterion="loss_per_cost")
+    if variant == "finetune":
+        return GreedySearch(tolerance=tolerance, finetune=ft)
+    return GreedySearch(tolerance=tolerance, finetune=dataclasses.replace(ft, distill=DistillConfig(4.0, 0.5)))
+
+
+def one_shot(run, evaluator, floor, every=1):
+    """Every ``every``-th grid point of every one-shot policy, judged on validation; the cheapest
+    in tolerance."""
     points, t0 = [], time.perf_counter()
     for kind, grid in GRIDS.items():
-        for p in grid:
+        for p in grid[every - 1 :: every]:
             text = f"{kind}:{p:.4g}"
             try:
                 ranks = select_ranks(
@@ -81,6 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ft-batches", type=int, default=100, help="batches per fine-tune")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--replot", action="store_true", help="only redraw results.png from results.json")
+    ap.add_argument("--val-samples", type=int, default=None, help="fixed validation subset for every choice")
+    ap.add_argument("--grid-every", type=int, default=1, help="use every k-th one-shot grid point")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -89,7 +114,7 @@ def main(argv=None) -> int:
         plot(json.loads((out / "results.json").read_text()), out / "results.png")
         return 0
     run = load_run(args.run)
-    evaluator = BatchEvaluator(run.val)
+    evaluator = BatchEvaluator(run.val, max_samples=args.val_samples)
     ref = evaluator(run.dense)
     floor = ref["acc"] - args.tolerance / 100 - 1e-12
     tmp = Path(tempfile.mkdtemp())
@@ -99,13 +124,13 @@ def main(argv=None) -> int:
 
     rows = []
     summary = json.loads((Path(args.run) / "summary.json").read_text())
-    dense = model_row(run, run.dense, "dense (merged, depth 3)")
+    dense = model_row(run, run.dense, f"dense (merged, depth {run.cfg.depth})")
     dense.update(
         bytes=bytes_of(run.dense, "dense"), wall_seconds=summary["wall_seconds"], note="training time"
     )
     rows.append(dense)
 
-    points, best, t_sweep = one_shot(run, evaluator, floor)
+    points, best, t_sweep = one_shot(run, evaluator, floor, args.grid_every)
     m = to_low_rank(run.dense, best["ranks"])
     r = model_row(run, m, f"best one-shot ({best['policy']})", best["ranks"])
     r.update(
@@ -114,21 +139,11 @@ def main(argv=None) -> int:
     rows.append(r)
 
     ft = FinetuneConfig(epochs=1, max_batches=args.ft_batches, lr=args.ft_lr)
-    variants = [
-        ("greedy search", GreedySearch(tolerance=args.tolerance)),
-        ("greedy search (loss per MAC)", GreedySearch(tolerance=args.tolerance, criterion="loss_per_cost")),
-        ("greedy search + fine-tune", GreedySearch(tolerance=args.tolerance, finetune=ft)),
-        (
-            "greedy search + fine-tune + distill",
-            GreedySearch(
-                tolerance=args.tolerance, finetune=dataclasses.replace(ft, distill=DistillConfig(4.0, 0.5))
-            ),
-        ),
-    ]
+    variants = [(VARIANTS[v], make_config(v, args.tolerance, ft)) for v in args.variants]
     searched = {}
     for label, cfg in variants:
         print(f"running {label} ...", file=sys.stderr, flush=True)
-        res = run_search(run, cfg, progress=False)
+        res = run_search(run, cfg, val_samples=args.val_samples, progress=False)
         r = model_row(run, res.model, label, res.ranks)
         r.update(
             bytes=bytes_of(res.model, label.replace(" ", "_")),
@@ -138,7 +153,7 @@ def main(argv=None) -> int:
         )
         rows.append(r)
         searched[label] = res
-    for label in ("greedy search + fine-tune", "greedy search + fine-tune + distill"):
+    for label in [lb for lb in ("greedy search + fine-tune", "greedy search + fine-tune + distill") if lb in searched]:
         t0 = time.perf_counter()
         q = add_int8(run, searched[label].model, tmp, f"{label} + int8")
         q.update(wall_seconds=time.perf_counter() - t0, note="dynamic int8 of the Linear layers")
@@ -148,6 +163,8 @@ def main(argv=None) -> int:
         "run": args.run,
         "train_config": run.cfg.to_dict(),
         "tolerance_points": args.tolerance,
+        "val_samples": args.val_samples,
+        "grid_every": args.grid_every,
         "reference_val_acc": ref["acc"],
         "val_floor": floor,
         "rows": rows,
@@ -158,12 +175,13 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     recipe = json.dumps({k: run.cfg.to_dict()[k] for k in ("optimizer", "lr", "weight_decay", "epochs")})
     lines = [
-        f"# Greedy rank search vs best one-shot policy — MNIST FCN 784-512-512-512-10, depth 3, "
-        f"tolerance {args.tolerance:g} point",
+        f"# Greedy rank search vs best one-shot policy — {run.cfg.model} on {run.cfg.dataset}, "
+        f"depth {run.cfg.depth}, tolerance {args.tolerance:g} point",
         "",
         f"Trained with `{recipe}`."
         f" Validation floor: {pct(ref['acc'])}% − {args.tolerance:g} = {pct(floor + 1e-12)}% "
-        f"(5,000 validation images). Every choice on validation; test accuracy computed once per row. "
+        f"({args.val_samples or len(run.data.val_y):,} validation images for every choice; the val column uses "
+        f"all {len(run.data.val_y):,}). Test accuracy computed once per row. "
         f"MACs per sample (FLOPs = 2·MACs). Bytes: the file on disk (safetensors float32; int8: "
         f"torch.save of the packed state_dict). Wall time on 1 CPU thread of a shared 2-core machine.",
         "",
