@@ -96,3 +96,12 @@ def test_unknown_policy_from_a_subprocess_has_no_traceback(trained):
     )
     assert proc.returncode == 2
     assert "unknown policy kind 'entropy'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+@pytest.mark.parametrize("cmd", [["compress", "--policy", "energy:0.9"], ["sweep"], ["report", "--out", "{tmp}/r"]])
+def test_evaluation_commands_reject_missing_cuda_in_one_line(trained, tmp_path, capsys, cmd):
+    argv = [cmd[0], str(trained), *[a.replace("{tmp}", str(tmp_path)) for a in cmd[1:]], "--device", "cuda"]
+    assert main(["--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "Traceback" not in err

@@ -154,7 +154,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.quantize is not None:
         _check_quantize(args.quantize)
     out = args.out or str(Path(args.run) / "compressed")
-    rep = compress_run(args.run, args.policy, out, data_dir=args.data_dir)
+    rep = compress_run(args.run, args.policy, out, data_dir=args.data_dir, device=args.device)
     if args.quantize is not None:
         from lorita.search_pipeline import quantize_compressed
 
@@ -176,7 +176,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path(args.run) / f"sweep-{args.policy}")
     res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
-                    progress=not args.no_progress, search_tolerances=args.search_tolerances)
+                    progress=not args.no_progress, search_tolerances=args.search_tolerances,
+                    device=args.device)
     print((Path(out) / "sweep.md").read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0
@@ -185,7 +186,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lorita.summary import report_runs
 
-    path = report_runs(args.runs, args.out, data_dir=args.data_dir, labels=args.labels)
+    path = report_runs(args.runs, args.out, data_dir=args.data_dir, labels=args.labels, device=args.device,
+                       progress=not args.no_progress)
     print(f"-> {path}")
     return 0
 
@@ -251,7 +253,7 @@ def cmd_compress_search(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.run) / "searched")
     rep = compress_search_run(args.run, out, cfg, data_dir=args.data_dir, quantize=args.quantize,
                               val_samples=args.val_samples, exclude_modules=args.exclude_modules,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, device=args.device)
     for key in ("dense", "low_rank", "int8"):
         r = rep.get(key)
         if r:
@@ -294,6 +296,12 @@ def _add_search_args(c: argparse.ArgumentParser) -> None:
     g = c.add_argument_group("quantization")
     g.add_argument("--quantize", choices=["int8"], default=None,
                    help="also write a dynamic-int8 copy of the low-rank model (Linear layers)")
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads`` for the commands that evaluate a trained run."""
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="cpu", help="where to evaluate (and search/fine-tune): cpu | cuda | cuda:N")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -322,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="energy:0.99 | ratio:0.1 | global:0.05 | params:0.05 | macs:0.1 | rank:16")
     c.add_argument("--out", default=None, help="output folder (default: RUN/compressed, RUN/searched)")
     c.add_argument("--data-dir", default=None, help="override the run's data folder")
+    _add_runtime_args(c)
     _add_search_args(c)
     c.set_defaults(func=cmd_compress)
 
@@ -331,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--points", type=_floats, default=None, help="comma-separated policy values")
     s.add_argument("--out", default=None, help="output folder (default: RUN/sweep-POLICY)")
     s.add_argument("--data-dir", default=None, help="override the run's data folder")
+    _add_runtime_args(s)
     s.add_argument("--search-tolerances", type=_floats, default=None,
                    help="also run the greedy rank search at these tolerances (points) and plot them")
     s.set_defaults(func=cmd_sweep)
@@ -340,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--labels", nargs="+", default=None, help="one label per run (default: depth N, wd W)")
     r.add_argument("--data-dir", default=None, help="override the runs' data folder")
+    _add_runtime_args(r)
     r.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="export a compressed model to ONNX, checked with onnxruntime")

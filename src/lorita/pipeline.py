@@ -282,14 +282,19 @@ class LoadedRun:
     test: TensorLoader
     example_inputs: torch.Tensor
     targets: tuple[Any, Any]
+    device: str = "cpu"
 
 
-def load_run(run_dir: str | Path, data_dir: str | None = None, data: DataSplits | None = None) -> LoadedRun:
-    """Rebuild, load and merge a training folder.
+def load_run(
+    run_dir: str | Path, data_dir: str | None = None, data: DataSplits | None = None, device: str = "cpu"
+) -> LoadedRun:
+    """Rebuild, load and merge a training folder; the merged model and example inputs go to
+    ``device``, where every evaluation of the run then happens.
 
     Raises:
-        FileNotFoundError / ValueError: missing or mismatched files (named).
+        FileNotFoundError / ValueError: missing or mismatched files, unusable device (named).
     """
+    check_device(device)
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist; pass a folder written by `lorita train`")
@@ -299,10 +304,10 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, data: DataSplits 
     data = data if data is not None else load_data(cfg)
     model = build_model(cfg.model, **_model_kwargs(cfg, data))
     model = io.load(model, run / "model.safetensors")
-    dense = merge(model).eval()
+    dense = merge(model).eval().to(device)
     _, val, test = make_loaders(data, cfg)
-    example = torch.zeros((1, *data.input_shape))
-    return LoadedRun(cfg, data, dense, val, test, example, _targets(cfg))
+    example = torch.zeros((1, *data.input_shape), device=device)
+    return LoadedRun(cfg, data, dense, val, test, example, _targets(cfg), device)
 
 
 def weight_params(model: nn.Module, names: Sequence[str]) -> int:
@@ -328,6 +333,7 @@ def model_row(
     ranks: dict[str, int] | None = None,
     with_test: bool = True,
     quantized: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy and costs of any model built from ``run`` (the row schema of sweeps and reports).
 
@@ -335,7 +341,9 @@ def model_row(
     macs_frac, ranks. MACs per sample. ``weight_params`` counts the targeted layers only.
     ``quantized=True``: only the accuracies are measured (packed int8 weights are invisible to
     the counters; :func:`lorita.search_pipeline.add_int8` fills in the float model's counts).
+    ``device``: where to evaluate (default: the run's device).
     """
+    device = device or run.device
     names = [n for n, _ in weight_layers(run.dense, *run.targets)]
     dense_cost = count_macs(run.dense, run.example_inputs)
     cost = dense_cost if model is run.dense or quantized else count_macs(model, run.example_inputs)
@@ -343,8 +351,8 @@ def model_row(
     w = weight_params(model, names) if not quantized else None
     return {
         "label": label,
-        "val_acc": evaluate(model, run.val)["acc"],
-        "test_acc": evaluate(model, run.test)["acc"] if with_test else None,
+        "val_acc": evaluate(model, run.val, device)["acc"],
+        "test_acc": evaluate(model, run.test, device)["acc"] if with_test else None,
         "params": cost.total_params,
         "macs": cost.total_macs,
         "weight_params": w,
@@ -364,14 +372,14 @@ def evaluate_point(
 
 
 def compress_run(
-    run_dir: str | Path, policy: str, out_dir: str | Path, data_dir: str | None = None
+    run_dir: str | Path, policy: str, out_dir: str | Path, data_dir: str | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
     """One-shot compression of a trained run with a policy string (``energy:0.99`` ...).
 
     Writes ``merged.safetensors`` (dense, loads into the plain model class), ``ranks.json``,
     ``low_rank.safetensors`` (+ manifest), ``report.json`` and ``report.md`` to ``out_dir``.
     """
-    run = load_run(run_dir, data_dir)
+    run = load_run(run_dir, data_dir, device=device)
     pol = parse_policy(policy, example_inputs=run.example_inputs)
     ranks = select_ranks(run.dense, pol, *run.targets)
     out = Path(out_dir)  # created only once the inputs are known to be good
@@ -401,6 +409,7 @@ def sweep_run(
     progress: bool = True,
     run: LoadedRun | None = None,
     search_tolerances: Sequence[float] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Accuracy vs cost for many points of one policy kind from one trained model.
 
@@ -415,7 +424,7 @@ def sweep_run(
     pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
     if not pts:
         raise ValueError(f"give --points for policy {policy_kind!r}")
-    run = run or load_run(run_dir, data_dir)
+    run = run or load_run(run_dir, data_dir, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dense_row, _ = evaluate_point(run, None, "dense")

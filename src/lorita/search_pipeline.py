@@ -10,6 +10,7 @@ validation and training splits only; test accuracy is computed once, for the rep
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -55,7 +56,7 @@ def run_search(
     """:func:`lorita.search` on a loaded run: validation loader as ``evaluate``, training split
     (the run's batch size and shuffling) for fine-tuning, the run's targets (``exclude_modules``
     overrides the run's exclusions)."""
-    evaluator = BatchEvaluator(run.val, max_samples=val_samples)
+    evaluator = BatchEvaluator(run.val, max_samples=val_samples, device=run.device)
     train = None
     if config.finetune is not None:
         train, _, _ = make_loaders(run.data, run.cfg)
@@ -69,16 +70,19 @@ def run_search(
         target_modules=target,
         exclude_modules=exclude_modules if exclude_modules is not None else exclude,
         progress=progress,
+        device=run.device,
     )
 
 
 def add_int8(run: LoadedRun, model: nn.Module, out: Path, label: str) -> dict[str, Any]:
-    """Quantize ``model`` (dynamic int8), save ``low_rank_int8.pt``, return its row (with bytes)."""
-    q = quantize_int8(model)
+    """Quantize ``model`` (dynamic int8, a CPU-only kernel: done on a CPU copy and evaluated on the
+    CPU), save ``low_rank_int8.pt``, return its row (with bytes)."""
+    cpu_model = copy.deepcopy(model).cpu() if run.device != "cpu" else model
+    q = quantize_int8(cpu_model)
     path = save_quantized(
-        q, out / "low_rank_int8.pt", float_model=model, metadata={"config": run.cfg.to_dict()}
+        q, out / "low_rank_int8.pt", float_model=cpu_model, metadata={"config": run.cfg.to_dict()}
     )
-    row = model_row(run, q, label, quantized=True)
+    row = model_row(run, q, label, quantized=True, device="cpu")
     # int8 changes the arithmetic, not the counts: params and MACs are the float model's
     float_row = model_row(run, model, label, with_test=False)
     for k in ("params", "macs", "weight_params", "weight_params_frac", "params_frac", "macs_frac", "ranks"):
@@ -130,8 +134,10 @@ def compress_search_run(
     val_samples: int | None = None,
     exclude_modules: Any = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Search ranks for a trained run and write the compress artefacts (module docstring).
+    """Search ranks for a trained run and write the compress artefacts (module docstring);
+    evaluation, search and fine-tuning run on ``device``.
 
     Raises:
         ValueError: unknown ``quantize``; errors of :func:`lorita.search` and of loading the run.
@@ -139,7 +145,7 @@ def compress_search_run(
     """
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {QUANTIZE_CHOICES}")
-    run = load_run(run_dir, data_dir)
+    run = load_run(run_dir, data_dir, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

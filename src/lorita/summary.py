@@ -40,6 +40,7 @@ def report_runs(
     policy: str = "params",
     progress: bool = True,
     data: Any = None,
+    device: str = "cpu",
 ) -> Path:
     """Compare trained runs: spectra per layer, training curves, accuracy vs params kept.
 
@@ -59,7 +60,7 @@ def report_runs(
     out.mkdir(parents=True, exist_ok=True)
     spectra, sweeps, names, histories = {}, [], [], {}
     for i, run_dir in enumerate(runs):
-        loaded = load_run(run_dir, data_dir, data=data)
+        loaded = load_run(run_dir, data_dir, data=data, device=device)
         name = labels[i] if labels else _label(loaded.cfg)
         if name in spectra:
             name = f"{name} ({run_dir.name})"
