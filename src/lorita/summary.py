@@ -176,6 +176,19 @@ def run_demo(
                      f"({small['weight_params']:,} weights), test {pct(small['test_acc'])}% "
                      f"({100 * (small['test_acc'] - dense['test_acc']):+.2f})")
         verdict.append(line)
+    deepest = max(range(len(depths)), key=lambda i: depths[i])
+    anchor = smallest_within(sweeps[deepest], tolerance)
+    if anchor is not None and len(depths) > 1:
+        parts = []
+        for depth, sweep in zip(depths, sweeps):
+            r = _at_budget(sweep, anchor["point"])
+            if r is not None:
+                parts.append(f"depth {depth} {100 * (r['test_acc'] - sweep['dense']['test_acc']):+.2f}")
+        verdict.append(
+            f"- at {anchor['point']:.1%} of the weight params (the smallest budget where depth {depths[deepest]} "
+            f"stays within {tolerance:g} point on validation), test accuracy change vs each depth's own dense "
+            f"model: " + ", ".join(parts)
+        )
     table = side_by_side(sweeps, labels)
     text = "\n".join(head + verdict + ["", table, ""])
     io.atomic_write_text(out / "summary.md", text)
