@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorita.layers import FactorizedLinear, ForwardMode, Init, _check_depth, _check_init
+from lorita.layers import FactorizedLinear, ForwardMode, Init, _check_depth, _check_init, adopt
 
 __all__ = ["FactorizedMultiheadAttention", "ProjectionView", "mha_reason", "PROJECTIONS"]
 
@@ -195,9 +195,7 @@ class FactorizedMultiheadAttention(nn.Module):
             if mha.bias_k is not None:
                 new.bias_k.copy_(mha.bias_k)
                 new.bias_v.copy_(mha.bias_v)
-        new.requires_grad_(w.requires_grad)
-        new.train(mha.training)
-        return new
+        return adopt(new, mha, w.requires_grad)
 
     def to_dense(self) -> nn.MultiheadAttention:
         """Merge: an ``nn.MultiheadAttention`` with ``in_proj_weight = in_proj`` factors' product
@@ -225,9 +223,7 @@ class FactorizedMultiheadAttention(nn.Module):
             if self.bias_k is not None:
                 dense.bias_k.copy_(self.bias_k)
                 dense.bias_v.copy_(self.bias_v)
-        dense.requires_grad_(w.requires_grad)
-        dense.train(self.training)
-        return dense
+        return adopt(dense, self, w.requires_grad)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, depth={self.depth}"

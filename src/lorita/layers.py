@@ -45,6 +45,14 @@ _FORWARD_MODES = ("auto", "chain", "merged")
 _INITS = ("default", "preserve")
 
 
+def adopt(new: nn.Module, like: nn.Module, requires_grad: bool) -> nn.Module:
+    """Give a freshly built replacement the ``requires_grad`` flag and the train/eval mode of the
+    layer it replaces (every ``from_dense``/``to_dense`` ends here); returns ``new``."""
+    new.requires_grad_(requires_grad)
+    new.train(like.training)
+    return new
+
+
 def _check_depth(depth: int) -> None:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"`depth` must be an int >= 1, got {depth!r}")
@@ -197,9 +205,7 @@ class FactorizedLinear(nn.Module):
                 layer.factors[-1].copy_(w)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
-        layer.requires_grad_(w.requires_grad)
-        layer.train(linear.training)
-        return layer
+        return adopt(layer, linear, w.requires_grad)
 
     def to_dense(self) -> nn.Linear:
         """Merge: a plain ``nn.Linear`` with ``weight = F_N ⋯ F_1`` and the same bias."""
@@ -213,9 +219,7 @@ class FactorizedLinear(nn.Module):
             dense.weight.copy_(merged)
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
-        dense.requires_grad_(w.requires_grad)
-        dense.train(self.training)
-        return dense
+        return adopt(dense, self, w.requires_grad)
 
     def extra_repr(self) -> str:
         return (
@@ -408,9 +412,7 @@ class FactorizedConv2d(nn.Module):
                     f.copy_(torch.eye(conv.out_channels, dtype=w.dtype, device=w.device))
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
-        layer.requires_grad_(w.requires_grad)
-        layer.train(conv.training)
-        return layer
+        return adopt(layer, conv, w.requires_grad)
 
     def to_dense(self) -> nn.Conv2d:
         """Merge: a plain ``nn.Conv2d`` with the merged kernel and the same hyper-parameters."""
@@ -434,9 +436,7 @@ class FactorizedConv2d(nn.Module):
             dense.weight.copy_(merged)
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
-        dense.requires_grad_(w.requires_grad)
-        dense.train(self.training)
-        return dense
+        return adopt(dense, self, w.requires_grad)
 
     def extra_repr(self) -> str:
         return (
@@ -492,9 +492,7 @@ class LowRankLinear(nn.Module):
             layer.second.weight.copy_(b)
             if linear.bias is not None:
                 layer.second.bias.copy_(linear.bias)
-        layer.requires_grad_(w.requires_grad)
-        layer.train(linear.training)
-        return layer
+        return adopt(layer, linear, w.requires_grad)
 
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` with ``weight = second.weight @ first.weight``."""
@@ -506,9 +504,7 @@ class LowRankLinear(nn.Module):
             dense.weight.copy_(linalg.merge_factors([self.first.weight, self.second.weight]))
             if self.second.bias is not None:
                 dense.bias.copy_(self.second.bias)
-        dense.requires_grad_(w.requires_grad)
-        dense.train(self.training)
-        return dense
+        return adopt(dense, self, w.requires_grad)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
@@ -576,9 +572,7 @@ class LowRankConv2d(nn.Module):
             layer.second.weight.copy_(b)
             if conv.bias is not None:
                 layer.second.bias.copy_(conv.bias)
-        layer.requires_grad_(w.requires_grad)
-        layer.train(conv.training)
-        return layer
+        return adopt(layer, conv, w.requires_grad)
 
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` whose kernel is the product of the two thin convs."""
@@ -592,9 +586,7 @@ class LowRankConv2d(nn.Module):
             dense.weight.copy_(linalg.unmatricize(mat, dense.weight.shape))
             if s.bias is not None:
                 dense.bias.copy_(s.bias)
-        dense.requires_grad_(s.weight.requires_grad)
-        dense.train(self.training)
-        return dense
+        return adopt(dense, self, s.weight.requires_grad)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, rank={self.rank}"

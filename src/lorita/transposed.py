@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lorita import linalg
-from lorita.layers import FactorizedLinear, ForwardMode, Init, LowRankLinear, _check_depth, _check_init
+from lorita.layers import FactorizedLinear, ForwardMode, Init, LowRankLinear, _check_depth, _check_init, adopt
 
 __all__ = [
     "TRANSPOSED_LINEAR_CLASSES",
@@ -82,9 +82,7 @@ class FactorizedTransposedLinear(FactorizedLinear):
                 new.factors[-1].copy_(w.T)
             if layer.bias is not None:
                 new.bias.copy_(layer.bias)
-        new.requires_grad_(w.requires_grad)
-        new.train(layer.training)
-        return new
+        return adopt(new, layer, w.requires_grad)
 
     def to_dense(self) -> nn.Module:
         """Merge into the original ``Conv1D`` class: ``weight = (F_N ⋯ F_1).T``, same bias.
@@ -103,9 +101,7 @@ class FactorizedTransposedLinear(FactorizedLinear):
             dense.weight.copy_(merged.T)
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
-        dense.requires_grad_(w.requires_grad)
-        dense.train(self.training)
-        return dense
+        return adopt(dense, self, w.requires_grad)
 
 
 class LowRankTransposedLinear(LowRankLinear):
@@ -140,9 +136,7 @@ class LowRankTransposedLinear(LowRankLinear):
             new.second.weight.copy_(b)
             if layer.bias is not None:
                 new.second.bias.copy_(layer.bias)
-        new.requires_grad_(w.requires_grad)
-        new.train(layer.training)
-        return new
+        return adopt(new, layer, w.requires_grad)
 
     def to_dense(self) -> nn.Module:
         """The original ``Conv1D`` class with ``weight = (second.weight @ first.weight).T``."""
@@ -154,6 +148,4 @@ class LowRankTransposedLinear(LowRankLinear):
             dense.weight.copy_(linalg.merge_factors([self.first.weight, self.second.weight]).T)
             if self.second.bias is not None:
                 dense.bias.copy_(self.second.bias)
-        dense.requires_grad_(w.requires_grad)
-        dense.train(self.training)
-        return dense
+        return adopt(dense, self, w.requires_grad)
