@@ -88,7 +88,30 @@ def _product_macs(shapes: list[tuple[int, int]]) -> int:
     return min(left, right)
 
 
-class FactorizedLinear(nn.Module):
+class _FactorChain(nn.Module):
+    """Storage and init shared by the factorized layers: ``factors`` (a ``ParameterList``, input
+    side first) and ``bias`` (added after the last factor, or ``None``)."""
+
+    def _build_factors(self, shapes: list[tuple[int, ...]], bias_size: int | None, fan_in: int, kw: dict) -> None:
+        self._fan_in = fan_in
+        self.factors = nn.ParameterList([nn.Parameter(torch.empty(s, **kw)) for s in shapes])
+        if bias_size is not None:
+            self.bias = nn.Parameter(torch.empty(bias_size, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default init for every factor — ``kaiming_uniform_(a=√5)`` on its own fan-in,
+        the paper's init (§2.6) — and the dense layer's default bias init."""
+        for f in self.factors:
+            nn.init.kaiming_uniform_(f, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self._fan_in) if self._fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+
+class FactorizedLinear(_FactorChain):
     """``nn.Linear`` over-parameterized as ``depth`` linear factors (LoRITa training form).
 
     Parameters: ``factors[0..depth-2]`` of shape ``(in, in)`` (bias-free), ``factors[depth-1]`` of
@@ -123,20 +146,7 @@ class FactorizedLinear(nn.Module):
         self.depth = depth
         self.forward_mode = forward_mode
         shapes = [(in_features, in_features)] * (depth - 1) + [(out_features, in_features)]
-        self.factors = nn.ParameterList([nn.Parameter(torch.empty(s, **kw)) for s in shapes])
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **kw))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """PyTorch's default ``nn.Linear`` init for every factor (the paper's init, §2.6)."""
-        for f in self.factors:
-            nn.init.kaiming_uniform_(f, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._build_factors(shapes, out_features if bias else None, in_features, kw)
 
     # -- math ---------------------------------------------------------------------------------
     def merged_weight(self) -> Tensor:
@@ -228,7 +238,7 @@ class FactorizedLinear(nn.Module):
         )
 
 
-class FactorizedConv2d(nn.Module):
+class FactorizedConv2d(_FactorChain):
     """``nn.Conv2d`` (groups=1) over-parameterized as a k×k conv then ``depth−1`` 1×1 factors.
 
     Parameters: ``factors[0]`` ``(C_out, C_in, k_h, k_w)`` — the spatial conv, with the original
@@ -279,26 +289,11 @@ class FactorizedConv2d(nn.Module):
         self._dims = len(self.kernel_size)
         self._padding_str = self.padding if isinstance(self.padding, str) else ""
         self._padding_ints = [0] * self._dims if isinstance(self.padding, str) else list(self.padding)
-        self._fan_in = in_channels * math.prod(self.kernel_size)
         self.depth = depth
         self.forward_mode = forward_mode
         first = (out_channels, in_channels, *self.kernel_size)
         shapes = [first] + [(out_channels, out_channels)] * (depth - 1)
-        self.factors = nn.ParameterList([nn.Parameter(torch.empty(s, **kw)) for s in shapes])
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **kw))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """PyTorch's default ``nn.Conv2d`` init for each factor (1×1 factors: fan-in ``C_out``)."""
-        for f in self.factors:
-            nn.init.kaiming_uniform_(f, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.in_channels * math.prod(self.kernel_size)
-            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._build_factors(shapes, out_channels if bias else None, in_channels * math.prod(self.kernel_size), kw)
 
     def merged_weight(self) -> Tensor:
         """Exact merged kernel ``(C_out, C_in, k_h, k_w)`` (float64 accumulation)."""
