@@ -101,6 +101,16 @@ class _FactorChain(nn.Module):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
+    def _fill_dense(self, dense: nn.Module) -> nn.Module:
+        """Load the merged weight and the bias into a freshly built dense layer (the merge)."""
+        with torch.no_grad():
+            merged = self.merged_weight()
+            linalg.ensure_finite(merged, "merged weight")
+            dense.weight.copy_(merged)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return adopt(dense, self, self.factors[-1].requires_grad)
+
     def reset_parameters(self) -> None:
         """PyTorch's default init for every factor — ``kaiming_uniform_(a=√5)`` on its own fan-in,
         the paper's init (§2.6) — and the dense layer's default bias init."""
@@ -223,13 +233,7 @@ class FactorizedLinear(_FactorChain):
         dense = nn.Linear(
             self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype
         )
-        with torch.no_grad():
-            merged = self.merged_weight()
-            linalg.ensure_finite(merged, "merged weight")
-            dense.weight.copy_(merged)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return adopt(dense, self, w.requires_grad)
+        return self._fill_dense(dense)
 
     def extra_repr(self) -> str:
         return (
@@ -425,13 +429,7 @@ class FactorizedConv2d(_FactorChain):
             device=w.device,
             dtype=w.dtype,
         )
-        with torch.no_grad():
-            merged = self.merged_weight()
-            linalg.ensure_finite(merged, "merged weight")
-            dense.weight.copy_(merged)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return adopt(dense, self, w.requires_grad)
+        return self._fill_dense(dense)
 
     def extra_repr(self) -> str:
         return (
