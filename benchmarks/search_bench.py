@@ -209,6 +209,7 @@ def main(argv=None) -> int:
 def plot(result: dict, path: Path) -> None:
     """Validation accuracy vs MACs: every one-shot grid point per policy, the searched models."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -224,13 +225,19 @@ def plot(result: dict, path: Path) -> None:
         ax.plot(100 * r["macs_frac"], 100 * r["val_acc"], mk, ms=9, mfc="none", mew=1.5, label=r["label"])
     ax.axhline(100 * floor, color="k", ls="--", lw=1, label="tolerance floor (validation)")
     ax.set_xscale("log")
-    ax.set_xlim(2.5, 40)
+    tick = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(tick)
+    ax.xaxis.set_minor_formatter(tick)
+    shown = [p for p in points if p["val_acc"] >= floor - 0.03]  # the y-range drawn below
+    fracs = [100 * p["macs"] / dense_macs for p in shown] + [100 * r["macs_frac"] for r in rows[1:]]
+    ax.set_xlim(0.8 * min(fracs), min(100.0, 1.25 * max(fracs)))
     ax.set_ylim(100 * floor - 3, 100 * result["reference_val_acc"] + 0.5)
     ax.set_xlabel("MACs per sample (% of dense)")
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title("MNIST FCN depth 3: greedy search vs one-shot policies")
+    cfg = result["train_config"]
+    ax.set_title(f"{cfg['model']} on {cfg['dataset']}, depth {cfg['depth']}: greedy search vs one-shot policies")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
