@@ -8,10 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev,onnx,hf]'
+	$(BIN)/python -m pip install -q -e '.[dev,onnx,hf,lightning]'
 	touch $(STAMP)
 
 setup: $(STAMP)
