@@ -213,6 +213,46 @@ def test_svd_of_product_is_exact():
     torch.testing.assert_close(U.T @ U, torch.eye(5, dtype=torch.float64))
 
 
+def test_warm_start_from_a_one_shot_policy(task):
+    dense, ev, _ = task
+    cold = search(dense, ev, GreedySearch(tolerance=1.0), example_inputs=X1)
+    start = lorita.EnergyThreshold(0.999)
+    res = search(dense, ev, GreedySearch(tolerance=1.0, start=start), example_inputs=X1)
+    floor = res.reference["acc"] - 0.01
+    # the reference is still the unmodified model; the first trace row is the warm-start point
+    assert res.reference == cold.reference
+    begin = res.trace[0]
+    start_ranks = lorita.select_ranks(dense, start)
+    split = {n: r for n, r in start_ranks.items() if r * sum(dict(dense.named_modules())[n].weight.shape) <
+             dict(dense.named_modules())[n].weight.numel()}
+    assert begin["event"] == "start"
+    assert begin["val_acc"] == pytest.approx(ev(lorita.to_low_rank(dense, split))["acc"])
+    assert begin["macs"] == lorita.count_macs(lorita.to_low_rank(dense, split), X1).total_macs
+    # every commit lowers a layer below its start rank, within tolerance; fewer evaluations
+    assert all(r["rank"] < start_ranks[r["layer"]] and r["val_acc"] >= floor for r in _commits(res))
+    assert res.final["acc"] >= floor
+    assert res.evaluations < cold.evaluations
+    assert res.config["start"] == "energy:0.999"
+    # a start that already breaks the tolerance is refused, and the input model is untouched
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    msg = r"search start rank:1 already has val acc .* more conservative policy \(e.g. energy:0.9999\)"
+    with pytest.raises(ValueError, match=msg):
+        search(dense, ev, GreedySearch(tolerance=1.0, start=lorita.FixedRank(1)), example_inputs=X1)
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+    with pytest.raises(TypeError, match="`start` must be a rank policy"):
+        GreedySearch(start="energy:0.99")
+
+
+def test_policy_string_inverts_parse_policy():
+    from lorita.rank import parse_policy, policy_string
+
+    for text in ("rank:16", "ratio:0.1", "energy:0.9999", "global:0.05", "params:0.05"):
+        assert policy_string(parse_policy(text)) == text
+    assert policy_string(lorita.MacBudget(0.3, example_inputs=X1)) == "macs:0.3"
+    with pytest.raises(TypeError, match="not a rank policy"):
+        policy_string(0.5)
+
+
 def test_bad_input_errors(task):
     dense, ev, _ = task
     with pytest.raises(ValueError, match="`tolerance` must be accuracy points"):

@@ -144,9 +144,25 @@ def test_compress_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
     assert "invalid budget 'flops:0.1'" in capsys.readouterr().err
     assert main(["compress", str(trained), "--search", "greedy", "--policy", "energy:0.9"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert main(["compress", str(trained), "--search", "greedy", "--start", "macs:0.3"]) == 2
+    assert "--start macs:0.3: a MAC budget cannot be a start here" in capsys.readouterr().err
+    assert main(["compress", str(trained), "--search", "greedy", "--start", "enrgy:0.9"]) == 2
+    assert "unknown policy kind 'enrgy'" in capsys.readouterr().err
     monkeypatch.setattr(quantize, "int8_available", lambda: "no quantized engine")
     assert main(["compress", str(trained), "--policy", "energy:0.9", "--quantize", "int8"]) == 2
     assert "--quantize int8 is not available here: no quantized engine" in capsys.readouterr().err
+
+
+def test_compress_search_warm_start(trained, tmp_path):
+    out = tmp_path / "warm"
+    args = ["--no-progress", "compress", str(trained), "--search", "greedy", "--start", "energy:0.999"]
+    assert main([*args, "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    trace = json.loads((out / "search_trace.json").read_text())
+    assert rep["search"]["config"]["start"] == "energy:0.999"
+    first = trace[0]
+    assert first["event"] == "start" and first["macs"] < rep["dense"]["macs"]
+    assert rep["low_rank"]["val_acc"] >= rep["dense"]["val_acc"] - 0.01 - 1e-9
 
 
 def test_one_shot_compress_with_int8(trained, tmp_path):

@@ -231,6 +231,14 @@ def _search_config(args: argparse.Namespace):
     from lorita.rank_search import GreedySearch, parse_budget
 
     budget = None if args.budget is None else parse_budget(args.budget)
+    start = None
+    if args.start is not None:
+        from lorita.rank import parse_policy
+
+        if args.start.strip().lower().startswith("macs:"):
+            raise ValueError(f"--start {args.start}: a MAC budget cannot be a start here; "
+                             f"use energy:F, global:F, params:F, ratio:F or rank:R")
+        start = parse_policy(args.start)
     ft = None
     if args.finetune_epochs or args.distill:
         distill = DistillConfig(args.distill_temperature, args.distill_weight) if args.distill else None
@@ -239,7 +247,7 @@ def _search_config(args: argparse.Namespace):
                             when=args.finetune_when)
     return GreedySearch(tolerance=args.tolerance, budget=budget, initial_step=args.initial_step,
                         multiple=args.multiple, criterion=args.criterion, keep_dense=not args.no_keep_dense,
-                        finetune=ft, seed=args.seed)
+                        finetune=ft, seed=args.seed, start=start)
 
 
 def cmd_compress_search(args: argparse.Namespace) -> int:
@@ -272,6 +280,8 @@ def _add_search_args(c: argparse.ArgumentParser) -> None:
                    help="allowed drop of validation accuracy in points (%(default)s)")
     g.add_argument("--budget", default=None, help="stop once met: params:F or macs:F (fraction of dense)")
     g.add_argument("--initial-step", type=int, default=None, help="first rank step (default: max rank / 8)")
+    g.add_argument("--start", default=None,
+                   help="warm start from a one-shot policy's ranks, e.g. energy:0.9999 (default: full rank)")
     g.add_argument("--multiple", type=int, default=1,
                    help="round ranks down to a multiple of this (%(default)s)")
     g.add_argument("--criterion", choices=["loss", "loss_per_cost"], default="loss",

@@ -337,6 +337,27 @@ _POLICY_NAMES: Mapping[str, str] = {
 }
 
 
+def policy_string(policy: RankPolicy) -> str:
+    """The CLI string of a policy, the inverse of :func:`parse_policy` (``EnergyThreshold(0.99)``
+    -> ``"energy:0.99"``; a MacBudget's ``example_inputs`` are not part of it).
+
+    Raises:
+        TypeError: not a rank policy.
+    """
+    pairs = {
+        FixedRank: ("rank", "rank"),
+        RankRatio: ("ratio", "ratio"),
+        EnergyThreshold: ("energy", "energy"),
+        GlobalThreshold: ("global", "rel_sigma"),
+        ParamBudget: ("params", "fraction"),
+        MacBudget: ("macs", "fraction"),
+    }
+    if type(policy) not in pairs:
+        raise TypeError(f"not a rank policy: {type(policy).__name__}; e.g. EnergyThreshold(0.99)")
+    kind, attr = pairs[type(policy)]
+    return f"{kind}:{getattr(policy, attr):g}"
+
+
 def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
     ``params:0.05``, ``macs:0.1`` (``macs`` needs ``example_inputs``).

@@ -40,7 +40,16 @@ from lorita.counting import count_macs
 from lorita.engine import evaluate as _evaluate_loader
 from lorita.finetune import FinetuneConfig, finetune
 from lorita.layers import LowRankConv2d, LowRankLinear
-from lorita.rank import MacBudget, ParamBudget
+from lorita.rank import (
+    EnergyThreshold,
+    FixedRank,
+    GlobalThreshold,
+    MacBudget,
+    ParamBudget,
+    RankPolicy,
+    RankRatio,
+    policy_string,
+)
 from lorita.surgery import _set_module, merge, weight_layers
 from lorita.targeting import Targets
 
@@ -100,6 +109,13 @@ class GreedySearch:
         seed: seeds fine-tuning (data order, dropout) reproducibly; the search itself has no
             other randomness and breaks ties by module order.
         max_commits: stop after this many committed reductions (None: no limit).
+        start: a one-shot rank policy (e.g. ``EnergyThreshold(0.9999)``) whose ranks the search
+            starts from instead of full rank — a warm start that skips the many cheap first
+            steps on a LoRITa-trained model, whose trailing singular values are near zero. Ranks
+            are rounded down to ``multiple``; with ``keep_dense`` a layer whose start rank saves
+            nothing stays dense. The start must itself keep ``val_acc >= reference − tolerance``
+            (the reference is still the unmodified model), else :func:`search` raises. None: start
+            from full rank (the paper).
     """
 
     tolerance: float = 1.0
@@ -111,6 +127,7 @@ class GreedySearch:
     finetune: FinetuneConfig | None = None
     seed: int = 0
     max_commits: int | None = None
+    start: RankPolicy | None = None
 
     def __post_init__(self) -> None:
         tol = self.tolerance
@@ -136,6 +153,11 @@ class GreedySearch:
             raise ValueError(f"`multiple` must be an int >= 1, got {self.multiple!r}")
         if self.criterion not in _CRITERIA:
             raise ValueError(f"`criterion` must be one of {_CRITERIA}, got {self.criterion!r}")
+        if self.start is not None and not isinstance(self.start, _POLICY_TYPES):
+            raise TypeError(
+                f"`start` must be a rank policy (e.g. EnergyThreshold(0.9999)) or None, "
+                f"got {type(self.start).__name__}"
+            )
         if self.finetune is not None and not isinstance(self.finetune, FinetuneConfig):
             raise TypeError(
                 f"`finetune` must be a FinetuneConfig or None, got {type(self.finetune).__name__}"
@@ -163,6 +185,7 @@ class GreedySearch:
             "finetune": ft,
             "seed": self.seed,
             "max_commits": self.max_commits,
+            "start": None if self.start is None else policy_string(self.start),
         }
 
 
@@ -339,6 +362,9 @@ class _Layer:
         return max(0, math.ceil(self.m * self.n / (self.m + self.n)) - 1)
 
 
+_POLICY_TYPES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, ParamBudget, MacBudget)
+
+
 def _round_down(r: int, multiple: int) -> int:
     return (r // multiple) * multiple
 
@@ -429,6 +455,45 @@ def _check_eval(res: Any) -> dict[str, float]:
     if not math.isfinite(out["acc"]):
         raise ValueError(f"`evaluate(model)` returned a non-finite accuracy {out['acc']}")
     return out
+
+
+def _warm_start(
+    work: nn.Module,
+    states: list[_Layer],
+    cfg: GreedySearch,
+    target_modules: Targets,
+    exclude_modules: Targets,
+    run_eval: Callable[[], dict[str, float]],
+    floor: float,
+) -> dict[str, float]:
+    """Swap every layer to its ``cfg.start`` rank; return the validation result there.
+
+    Raises:
+        ValueError: the start already falls below the tolerance floor (names the policy, the
+            accuracy and the floor); ``work`` is then partly truncated, but it is search's own
+            copy, so the caller's model is untouched.
+    """
+    from lorita.rank import select_ranks
+
+    ranks = select_ranks(work, cfg.start, target_modules, exclude_modules)
+    modules = dict(work.named_modules())
+    for st in states:
+        r = min(ranks.get(st.name, st.max_rank), st.max_rank)
+        if cfg.multiple > 1:
+            r = max(_round_down(r, cfg.multiple), min(cfg.multiple, st.max_rank))
+        if cfg.keep_dense and st.form(r) == "truncated":
+            r = st.max_rank
+        if r < st.max_rank:
+            _set_module(work, st.name, _build(st, r, _current_bias(modules[st.name])))
+            st.rank = r
+    res = run_eval()
+    if res["acc"] < floor:
+        raise ValueError(
+            f"search start {policy_string(cfg.start)} already has val acc {res['acc']:.4f} < floor "
+            f"{floor + 1e-12:.4f} (reference − {cfg.tolerance:g} points); start from a more "
+            f"conservative policy (e.g. energy:0.9999) or none"
+        )
+    return res
 
 
 def _auto_step(states: list[_Layer], multiple: int) -> int:
@@ -577,10 +642,12 @@ def search(
         for st in states:
             _refresh(st, mods[st.name])
 
+    if cfg.start is not None:
+        current = _warm_start(work, states, cfg, target_modules, exclude_modules, run_eval, floor)
     step = cfg.initial_step or _auto_step(states, cfg.multiple)
     step = max(step, cfg.multiple)
     min_step = cfg.multiple
-    log("start", None, None, step, reference, False)
+    log("start", None, None, step, current, False)
     bar = tqdm(desc="rank search", disable=not progress, leave=False, dynamic_ncols=True)
     stop_reason = ""
     modules = dict(work.named_modules())
