@@ -55,14 +55,15 @@ VARIANTS = {
 }
 
 
-def make_config(variant: str, tolerance: float, ft: FinetuneConfig) -> GreedySearch:
+def make_config(variant: str, tolerance: float, ft: FinetuneConfig, start=None) -> GreedySearch:
     if variant == "search":
-        return GreedySearch(tolerance=tolerance)
+        return GreedySearch(tolerance=tolerance, start=start)
     if variant == "loss_per_mac":
-        return GreedySearch(tolerance=tolerance, criterion="loss_per_cost")
+        return GreedySearch(tolerance=tolerance, criterion="loss_per_cost", start=start)
     if variant == "finetune":
-        return GreedySearch(tolerance=tolerance, finetune=ft)
-    return GreedySearch(tolerance=tolerance, finetune=dataclasses.replace(ft, distill=DistillConfig(4.0, 0.5)))
+        return GreedySearch(tolerance=tolerance, finetune=ft, start=start)
+    distill = dataclasses.replace(ft, distill=DistillConfig(4.0, 0.5))
+    return GreedySearch(tolerance=tolerance, finetune=distill, start=start)
 
 
 def one_shot(run, evaluator, floor, every=1):
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--replot", action="store_true", help="only redraw results.png from results.json")
     ap.add_argument("--val-samples", type=int, default=None, help="fixed validation subset for every choice")
     ap.add_argument("--grid-every", type=int, default=1, help="use every k-th one-shot grid point")
+    ap.add_argument("--start", default=None, help="warm-start every search from this policy, e.g. energy:0.9999")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
     rows.append(r)
 
     ft = FinetuneConfig(epochs=1, max_batches=args.ft_batches, lr=args.ft_lr)
-    variants = [(VARIANTS[v], make_config(v, args.tolerance, ft)) for v in args.variants]
+    start = None if args.start is None else parse_policy(args.start)
+    variants = [(VARIANTS[v], make_config(v, args.tolerance, ft, start)) for v in args.variants]
     searched = {}
     for label, cfg in variants:
         print(f"running {label} ...", file=sys.stderr, flush=True)
@@ -169,6 +172,7 @@ def main(argv=None) -> int:
         "val_floor": floor,
         "rows": rows,
         "one_shot_points": points,
+        "search_start": args.start,
         "finetune": {"lr": args.ft_lr, "max_batches": args.ft_batches, "optimizer": "adam"},
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
     }
@@ -183,7 +187,9 @@ def main(argv=None) -> int:
         f"({args.val_samples or len(run.data.val_y):,} validation images for every choice; the val column uses "
         f"all {len(run.data.val_y):,}). Test accuracy computed once per row. "
         f"MACs per sample (FLOPs = 2·MACs). Bytes: the file on disk (safetensors float32; int8: "
-        f"torch.save of the packed state_dict). Wall time on 1 CPU thread of a shared 2-core machine.",
+        f"torch.save of the packed state_dict). Wall time on 1 CPU thread of a shared 2-core machine."
+        + (f" Every search starts from the ranks of `{args.start}` (warm start; it must itself be within"
+           " tolerance) instead of full rank." if args.start else ""),
         "",
         "| model | params | MACs | % MACs | bytes on disk | val acc % | test acc % | wall s | note |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
