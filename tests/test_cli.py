@@ -74,11 +74,65 @@ def test_demo_smoke(tmp_path, capsys):
     assert "depth 1" in text and "depth 3" in text
     assert (tmp_path / "report.md").is_file() and (tmp_path / "demo.json").is_file()
     assert (tmp_path / "depth1" / "model.safetensors").is_file()
+    # `make demo` twice: the demo replaces its own runs instead of refusing them
+    assert main(["--no-progress", "demo", "--out", str(tmp_path), *SMALL, "--budgets", "0.5", "--depths", "1",
+                 "--model-kwargs", "{\"hidden\": [16]}"]) == 0
+    assert json.loads((tmp_path / "depth1" / "config.json").read_text())["model_kwargs"] == {"hidden": [16]}
+
+
+def test_demo_defaults_to_one_thread_and_flags_work_after_the_command():
+    from lorita.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["demo"]).threads == 1
+    assert p.parse_args(["train", "--out", "x"]).threads is None
+    a = p.parse_args(["compress", "run", "--policy", "energy:0.9", "--debug", "--no-progress", "-v"])
+    assert (a.debug, a.no_progress, a.verbose) == (True, True, True)
+    a = p.parse_args(["--debug", "compress", "run"])
+    assert (a.debug, a.no_progress, a.verbose) == (True, False, False)
+
+
+def test_train_refuses_an_existing_run_unless_resume_or_overwrite(trained, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["--no-progress", "train", "--model-kwargs", '{"hidden": [16]}', *SMALL, "--out", str(out)]
+    assert main(argv) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a training run (config.json" in err and "--overwrite" in err
+    assert (out / "model.safetensors").read_bytes() == before  # untouched
+    assert main([*argv, "--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert main([*argv, "--seed", "1", "--resume"]) == 0  # finished run: resume is a no-op, not an error
+    # a file where the output folder should go: one line, nothing written
+    f = tmp_path / "file.txt"
+    f.write_text("keep")
+    assert main([*argv[:-1], str(f)]) == 2
+    assert f"--out {f} is a file, not a folder" in capsys.readouterr().err
+    assert main(["--no-progress", "compress", str(trained), "--policy", "energy:0.9", "--out", str(f)]) == 2
+    err = capsys.readouterr().err
+    want = f"lorita: error: {f}: File exists (a file is in the way of an output folder; choose another --out)"
+    assert err.strip() == want
+    assert f.read_text() == "keep"
+
+
+def test_compress_removes_a_stale_int8_file_of_an_earlier_run(trained, tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "low_rank_int8.pt").write_bytes(b"old model")
+    (out / "search_trace.json").write_text("[]")
+    assert main(["--no-progress", "compress", str(trained), "--policy", "energy:0.9", "--out", str(out)]) == 0
+    assert not (out / "low_rank_int8.pt").exists() and not (out / "search_trace.json").exists()
+    (out / "low_rank_int8.pt").write_bytes(b"old model")
+    assert main(["--no-progress", "compress", str(trained), "--search", "greedy", "--tolerance", "2",
+                 "--out", str(out)]) == 0
+    assert not (out / "low_rank_int8.pt").exists() and (out / "search_trace.json").is_file()
 
 
 @pytest.mark.parametrize("argv,match", [
     (["compress", "/nonexistent/run", "--policy", "energy:0.9"], "run folder /nonexistent/run does not exist"),
     (["train", "--depth", "0", "--out", "x"], "`depth` must be an int >= 1"),
+    (["train", "--epochs", "0", "--out", "x"], "`epochs` must be an int >= 1, got 0"),
     (["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/t"],
      "MNIST folder /nonexistent/mnist does not exist"),
 ])

@@ -89,7 +89,10 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="seed for init and shuffling (%(default)s)")
     g.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N (%(default)s)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    if demo:  # one thread: a predictable time even on a busy machine, where two threads can be 10x slower
+        g.add_argument("--threads", type=int, default=1, help="torch CPU threads (%(default)s)")
+    else:
+        g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def _config_from(args: argparse.Namespace, **over: Any):
@@ -136,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"`--nproc` must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not distributed.launched():
         return distributed.relaunch(args.argv, args.nproc)
-    summary = train_run(cfg, args.out, progress=not args.no_progress, resume=args.resume)
+    summary = train_run(cfg, args.out, progress=not args.no_progress, resume=args.resume,
+                        overwrite=args.overwrite)
     if "val_acc" not in summary:  # a DDP rank other than 0: rank 0 reports
         return 0
     print(f"trained {cfg.model} depth {cfg.depth}: val acc {100 * summary['val_acc']:.2f}% "
@@ -324,17 +328,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    # the same flags after the command (`lorita compress RUN --debug`); SUPPRESS keeps the values
+    # given before it when they are not repeated
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("general")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log INFO messages")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    g.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a (factorized) reference model")
+    t = sub.add_parser("train", parents=[common], help="train a (factorized) reference model")
     _add_train_args(t)
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
+    t.add_argument("--resume", action="store_true",
+                   help="continue OUT from its last finished epoch (same config; to train longer, start a new run)")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     t.add_argument("--nproc", type=int, default=1,
                    help="DDP processes on this machine, relaunched through torchrun (gloo on CPU, nccl on CUDA)")
     t.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("compress", help="merge, choose ranks, split into low-rank layers, report")
+    c = sub.add_parser("compress", parents=[common], help="merge, choose ranks, split into low-rank layers, report")
     c.add_argument("run", help="folder written by `lorita train`")
     c.add_argument("--policy", default=None,
                    help="energy:0.99 | ratio:0.1 | global:0.05 | params:0.05 | macs:0.1 | rank:16")
@@ -344,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(c)
     c.set_defaults(func=cmd_compress)
 
-    s = sub.add_parser("sweep", help="accuracy vs cost over many policy points (JSON + Markdown + PNG)")
+    s = sub.add_parser(
+        "sweep", parents=[common], help="accuracy vs cost over many policy points (JSON + Markdown + PNG)"
+    )
     s.add_argument("run", help="folder written by `lorita train`")
     s.add_argument("--policy", default="energy", choices=["energy", "ratio", "global", "params", "macs", "rank"])
     s.add_argument("--points", type=_floats, default=None, help="comma-separated policy values")
@@ -355,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the greedy rank search at these tolerances (points) and plot them")
     s.set_defaults(func=cmd_sweep)
 
-    r = sub.add_parser("report", help="spectra and accuracy-vs-params plots for one or more runs")
+    r = sub.add_parser("report", parents=[common], help="spectra and accuracy-vs-params plots for one or more runs")
     r.add_argument("runs", nargs="+", help="folders written by `lorita train`")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--labels", nargs="+", default=None, help="one label per run (default: depth N, wd W)")
@@ -363,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(r)
     r.set_defaults(func=cmd_report)
 
-    e = sub.add_parser("export", help="export a compressed model to ONNX, checked with onnxruntime")
+    e = sub.add_parser("export", parents=[common], help="export a compressed model to ONNX, checked with onnxruntime")
     e.add_argument("dir", help="folder written by `lorita compress` (or by `lorita train`, with --policy)")
     e.add_argument("--onnx", required=True, help="output .onnx file")
     e.add_argument("--form", choices=["low_rank", "dense"], default="low_rank", help="which model (%(default)s)")
@@ -371,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None, help="training folders: override the run's data folder")
     e.set_defaults(func=cmd_export)
 
-    d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported")
+    d = sub.add_parser(
+        "demo", parents=[common], help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported"
+    )
     _add_train_args(d, demo=True)
     d.add_argument("--out", default="runs/demo", help="output folder (%(default)s)")
     d.add_argument("--depths", type=int, nargs="+", default=[1, 3], help="depths to compare (%(default)s)")
@@ -399,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            msg = f"{exc.filename}: {exc.strerror}"
+            if isinstance(exc, FileExistsError | NotADirectoryError):
+                msg += " (a file is in the way of an output folder; choose another --out)"
         print(f"lorita: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -70,8 +70,8 @@ class TrainConfig:
 
         if not isinstance(self.depth, int) or self.depth < 1:
             bad("depth", "must be an int >= 1")
-        if self.epochs < 0:
-            bad("epochs", "must be >= 0")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            bad("epochs", "must be an int >= 1")
         if self.batch_size < 1:
             bad("batch_size", "must be >= 1")
         if self.lr <= 0:

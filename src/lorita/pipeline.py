@@ -164,6 +164,7 @@ def train_run(
     progress: bool = True,
     resume: bool = False,
     data: DataSplits | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` and write the folder described in the module docstring.
 
@@ -173,6 +174,8 @@ def train_run(
         progress: show tqdm bars.
         resume: continue from ``out_dir/resume.pt`` if present (same config required).
         data: already loaded splits of ``cfg.dataset`` (skips loading; ``limit_train`` not re-applied).
+        overwrite: replace a run already in ``out_dir`` (without it, and without ``resume``, an
+            existing run is an error rather than silently overwritten).
 
     Returns:
         The summary dict also written to ``summary.json``.
@@ -182,13 +185,41 @@ def train_run(
     ``module.`` prefix) after checking that all replicas hold identical weights.
 
     Raises:
-        ValueError: resuming with a different config; data errors from the loaders.
+        ValueError: resuming with a different config; ``out_dir`` is a file, or already holds a
+            run and neither ``resume`` nor ``overwrite`` is set; data errors from the loaders.
     """
+    _check_out_dir(Path(out_dir), resume, overwrite)
     ctx = distributed.setup(cfg.device)
     try:
         return _train_run(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx, data)
     finally:
         distributed.teardown(ctx)
+
+
+def remove_stale(out: Path, names: Sequence[str]) -> None:
+    """Delete files an earlier command left in ``out`` that this one will not rewrite, so a folder
+    never mixes artefacts of two runs (e.g. an int8 file of another model)."""
+    for name in names:
+        if (out / name).is_file():
+            logger.info("removing stale %s", out / name)
+            (out / name).unlink()
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "model.safetensors", "resume.pt", "summary.json")
+
+
+def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a file as the output folder, and an existing run unless resuming or overwriting."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder path")
+    if resume or overwrite or not out.is_dir():
+        return
+    found = [f for f in RUN_FILES if (out / f).exists()]
+    if found:
+        raise ValueError(
+            f"{out} already holds a training run ({', '.join(found)}); pass --resume to continue it, "
+            f"--overwrite to replace it, or choose another --out"
+        )
 
 
 def _train_run(
@@ -384,6 +415,7 @@ def compress_run(
     ranks = select_ranks(run.dense, pol, *run.targets)
     out = Path(out_dir)  # created only once the inputs are known to be good
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out, ("low_rank_int8.pt", "search_trace.json"))  # from an earlier run into this folder
     dense_row, _ = evaluate_point(run, None, "dense (merged)")
     low_row, low = evaluate_point(run, ranks, f"low-rank ({policy})")
     build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data

@@ -362,6 +362,11 @@ class _Layer:
         return max(0, math.ceil(self.m * self.n / (self.m + self.n)) - 1)
 
 
+def points(tolerance: float) -> str:
+    """``1 point``, ``0.5 points``: a tolerance in accuracy points, for messages."""
+    return f"{tolerance:g} point" + ("" if tolerance == 1 else "s")
+
+
 _POLICY_TYPES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, ParamBudget, MacBudget)
 
 
@@ -489,8 +494,8 @@ def _warm_start(
     res = run_eval()
     if res["acc"] < floor:
         raise ValueError(
-            f"search start {policy_string(cfg.start)} already has val acc {res['acc']:.4f} < floor "
-            f"{floor + 1e-12:.4f} (reference − {cfg.tolerance:g} points); start from a more "
+            f"search start {policy_string(cfg.start)} already has val acc {100 * res['acc']:.2f}% < floor "
+            f"{100 * (floor + 1e-12):.2f}% (reference − {points(cfg.tolerance)}); start from a more "
             f"conservative policy (e.g. energy:0.9999) or none"
         )
     return res
@@ -710,8 +715,8 @@ def search(
             if chosen is None:
                 if step <= min_step:
                     stop_reason = (
-                        f"no reduction keeps val acc >= {floor + 1e-12:.4f} (reference "
-                        f"{reference['acc']:.4f} − {cfg.tolerance:g} points) at the smallest step"
+                        f"no reduction keeps val acc >= {100 * (floor + 1e-12):.2f}% (reference "
+                        f"{100 * reference['acc']:.2f}% − {points(cfg.tolerance)}) at the smallest step"
                     )
                     break
                 step = max(min_step, step // 2)

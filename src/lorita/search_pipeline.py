@@ -22,9 +22,9 @@ from torch import nn
 
 from lorita import io
 from lorita.counting import count_macs
-from lorita.pipeline import LoadedRun, build_info, load_run, make_loaders, model_row
+from lorita.pipeline import LoadedRun, build_info, load_run, make_loaders, model_row, remove_stale
 from lorita.quantize import file_bytes, quantize_int8, save_quantized
-from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, search
+from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, points, search
 from lorita.report import pct
 
 __all__ = [
@@ -96,7 +96,7 @@ def _markdown(report: dict[str, Any]) -> str:
     rows = [report["dense"], report["low_rank"]] + ([report["int8"]] if report.get("int8") else [])
     s = report["search"]
     lines = [
-        f"# lorita compress — greedy rank search, tolerance {s['config']['tolerance']:g} points",
+        f"# lorita compress — greedy rank search, tolerance {points(s['config']['tolerance'])}",
         "",
         f"Run: `{report['run']}`. Ranks chosen on the validation split ({report['val_samples']} images); "
         f"test accuracy reported once, never used. MACs per sample (FLOPs = 2·MACs). Bytes: files on disk.",
@@ -179,6 +179,8 @@ def compress_search_run(
     }
     if quantize == "int8":
         report["int8"] = add_int8(run, result.model, out, f"{low_row['label']} + int8")
+    else:
+        remove_stale(out, ("low_rank_int8.pt",))
     _write_json(out / "report.json", report)
     io.atomic_write_text(out / "report.md", _markdown(report))
     return report

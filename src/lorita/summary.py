@@ -148,7 +148,7 @@ def run_demo(
         run_cfg = dataclasses.replace(cfg, depth=depth)
         run_dir = out / f"depth{depth}"
         logger.info("demo: training depth %d", depth)
-        summaries.append(train_run(run_cfg, run_dir, progress=progress, data=data))
+        summaries.append(train_run(run_cfg, run_dir, progress=progress, data=data, overwrite=True))
         sweeps.append(sweep_run(run_dir, "params", budgets, run_dir / "sweep-params", progress=progress,
                                 run=load_run(run_dir, data=data)))
         run_dirs.append(run_dir)
