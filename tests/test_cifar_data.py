@@ -21,7 +21,11 @@ from lorita.cifar import (
 )
 from lorita.data import AUGMENTATIONS, load_dataset, make_transform, random_crop_flip
 
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-10-batches-bin"
+# the opt-in real-data test: LORITA_CIFAR10_DIR, else a `shared/data` folder beside the checkout
+REAL = Path(
+    os.environ.get("LORITA_CIFAR10_DIR")
+    or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-10-batches-bin"
+)
 
 
 def _expected(parts):
@@ -187,7 +191,7 @@ def test_channel_stats_histogram_equals_direct():
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), ref.std(dim=(0, 2, 3), unbiased=False))
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real CIFAR-10 copy not present (../shared/data)")
+@pytest.mark.skipif(not REAL.is_dir(), reason="real CIFAR-10 copy not present (set LORITA_CIFAR10_DIR)")
 def test_real_cifar10_copy():
     d = load_cifar10(REAL, val_size=5000, split_seed=0, verify=True)
     assert d.train_x.shape == (45000, 3, 32, 32) and d.val_x.shape == (5000, 3, 32, 32)
