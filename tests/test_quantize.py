@@ -1,5 +1,6 @@
 """Dynamic int8 quantization of low-rank models: error bound, file round trip, bytes on disk."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,52 @@ def test_unavailable_quantization_fails_clearly(monkeypatch):
     assert "quantize_dynamic" in quantize.int8_available()
     with pytest.raises(RuntimeError, match="quantize_dynamic"):
         quantize.quantize_int8(torch.nn.Linear(2, 2))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, a):
+        return self.head(self.x(a))
+
+
+@pytest.fixture
+def small_int8_files(tmp_path):
+    torch.manual_seed(0)
+    low = lorita.to_low_rank(FCN(hidden=(32, 32)), {"layers.0": 4, "layers.2": 4})
+    with_ranks = quantize.save_quantized(quantize.quantize_int8(low), tmp_path / "low.pt", float_model=low)
+    plain = quantize.save_quantized(quantize.quantize_int8(FCN(hidden=(32, 32))), tmp_path / "plain.pt")
+    return with_ranks, plain
+
+
+@pytest.mark.parametrize("which", ["with_ranks", "plain"])
+def test_load_quantized_into_the_wrong_class_names_both_classes_and_the_fix(small_int8_files, which):
+    path = small_int8_files[0 if which == "with_ranks" else 1]
+    model = _Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        quantize.load_quantized(model, path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    assert "`ranks`" not in msg
+    assert "the file holds a quantized FCN but the model passed is a _Net" in msg
+    assert "pass a freshly built FCN with the configuration that was saved" in msg
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert type(model.x) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("which", ["with_ranks", "plain"])
+def test_load_quantized_with_other_widths_is_a_shape_error_not_a_silent_load(small_int8_files, which):
+    path = small_int8_files[0 if which == "with_ranks" else 1]
+    key = "layers.0." + ("second." if which == "with_ranks" else "") + "_packed_params._packed_params"
+    shape = "(32, 4)" if which == "with_ranks" else "(32, 784)"
+    with pytest.raises(ValueError, match=rf"weights do not fit the FCN passed \(`{re.escape(key)}` has shape "
+                                         rf"{re.escape(shape)} in the file but \(16, "):
+        quantize.load_quantized(FCN(hidden=(16, 16)), path)
+    x = torch.randn(3, 784)
+    loaded = quantize.load_quantized(FCN(hidden=(32, 32)), path)  # the right one still loads
+    assert loaded(x).shape == (3, 10)
+    assert '"model_class": "FCN"' in torch.load(path, weights_only=True)["manifest"]
