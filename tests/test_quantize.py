@@ -139,3 +139,37 @@ def test_load_quantized_with_other_widths_is_a_shape_error_not_a_silent_load(sma
     loaded = quantize.load_quantized(FCN(hidden=(32, 32)), path)  # the right one still loads
     assert loaded(x).shape == (3, 10)
     assert '"model_class": "FCN"' in torch.load(path, weights_only=True)["manifest"]
+
+
+def test_quantize_int8_refuses_a_factorized_model_and_names_its_layers():
+    from deploy_fixtures import TinyNet
+
+    torch.manual_seed(0)
+    fact = lorita.factorize(TinyNet(), depth=2)
+    with pytest.raises(ValueError) as info:
+        quantize.quantize_int8(fact)
+    msg = str(info.value)
+    assert msg.startswith("TinyNet still has factorized layers: `conv` (FactorizedConv2d), "
+                          "`conv1d` (FactorizedConv1d), `attn` (FactorizedMultiheadAttention), "
+                          "`fc` (FactorizedLinear);")
+    assert "attn.in_proj" not in msg  # the projections inside the attention are not listed again
+    assert "lorita.merge(model)" in msg and "lorita.to_low_rank(model, ranks)" in msg
+    assert type(fact.fc) is lorita.FactorizedLinear  # untouched
+    q = quantize.quantize_int8(lorita.merge(fact))  # the suggested fix works
+    assert isinstance(q.fc, torch.ao.nn.quantized.dynamic.Linear)
+
+
+def test_quantize_int8_with_nothing_to_quantize_is_an_error():
+    convs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"^Sequential has no nn\.Linear layer \(weight layers: BatchNorm2d, Conv2d\): "
+                                         r".*nothing to quantize; keep the float model$"):
+        quantize.quantize_int8(convs)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module, got str"):
+        quantize.quantize_int8("model")
+    # a bare Linear is quantized (quantize_dynamic alone would return it unchanged)
+    lin = torch.nn.Linear(6, 3)
+    q = quantize.quantize_int8(lin)
+    assert isinstance(q, torch.ao.nn.quantized.dynamic.Linear) and type(lin) is torch.nn.Linear
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), lin(x), atol=0.05, rtol=0.05)

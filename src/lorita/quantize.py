@@ -79,9 +79,14 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
 
     Raises:
         RuntimeError: dynamic quantization is not available in this torch (message says what to do).
-        ValueError: a parameter is not on the CPU.
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: the model still has factorized layers (merge or split them first), has no
+            ``nn.Linear`` (nothing to quantize), or a parameter is not on the CPU.
     """
     qd = _quantize_dynamic()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    _check_quantizable(model)
     for name, p in model.named_parameters():
         if p.device.type != "cpu":
             raise ValueError(
@@ -92,7 +97,38 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        if type(work) is nn.Linear:  # quantize_dynamic only swaps children: wrap a bare Linear
+            return qd(nn.Sequential(work), {nn.Linear}, dtype=torch.qint8, inplace=True)[0]
         return qd(work, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def _check_quantizable(model: nn.Module) -> None:
+    """Raise if ``model`` still has factorized layers (their factors would stay float) or has no
+    ``nn.Linear`` at all (nothing would be quantized)."""
+    from lorita.attention import FactorizedMultiheadAttention
+    from lorita.layers import FactorizedConv1d, FactorizedConv2d, FactorizedLinear
+    from lorita.transposed import FactorizedTransposedLinear
+
+    factorized = (FactorizedLinear, FactorizedConv1d, FactorizedConv2d, FactorizedTransposedLinear,
+                  FactorizedMultiheadAttention)
+    found: list[tuple[str, str]] = []
+    for fqn, m in model.named_modules():
+        if isinstance(m, factorized) and not any(fqn.startswith(f + ".") for f, _ in found if f):
+            found.append((fqn, type(m).__name__))
+    if found:
+        more = f" and {len(found) - 4} more" if len(found) > 4 else ""
+        shown = ", ".join(f"`{n or '(the model itself)'}` ({k})" for n, k in found[:4]) + more
+        raise ValueError(
+            f"{type(model).__name__} still has factorized layers: {shown}; int8 quantization would leave them "
+            f"float. Call lorita.merge(model) (dense) or lorita.to_low_rank(model, ranks) first, then quantize"
+        )
+    if not any(type(m) is nn.Linear for m in model.modules()):
+        kinds = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(recurse=False))})
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear layer (weight layers: {', '.join(kinds) or 'none'}): dynamic "
+            f"int8 quantization only converts nn.Linear (convolutions stay float), so there is nothing to quantize; "
+            f"keep the float model"
+        )
 
 
 def save_quantized(
