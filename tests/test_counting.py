@@ -72,3 +72,22 @@ def test_table_and_dict():
     rep = lorita.count_macs(nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)), torch.zeros(2, 3))
     assert "| **total** |" in rep.table() and rep.to_dict()["total_flops"] == 12
     assert rep.row("(other)").params == 4  # BatchNorm affine
+
+
+def test_params_only_table_has_no_macs_column_and_a_real_total():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    assert lorita.count_params(model).table().splitlines() == [
+        "| layer | kind | rank/depth | params |",
+        "|---|---|---|---:|",
+        "| 0 | Linear |  | 8 |",
+        "| (other) | - |  | 4 |",
+        "| **total** |  |  | **12** |",
+    ]
+    assert lorita.count_macs(model, torch.zeros(2, 3)).table().splitlines() == [
+        "| layer | kind | rank/depth | params | MACs |",
+        "|---|---|---|---:|---:|",
+        "| 0 | Linear |  | 8 | 6 |",
+        "| (other) | - |  | 4 | 0 |",
+        "| **total** |  |  | **12** | **6** |",
+    ]
+    assert "****" not in lorita.count_params(model).table()

@@ -53,9 +53,25 @@ def test_failed_export_writes_nothing(tmp_path):
                 return x
             return -x
 
-    with pytest.raises(ValueError, match="torch.onnx.export failed for Bad"):
+    with pytest.raises(ValueError, match="torch.onnx.export failed for Bad") as info:
         export_onnx(Bad(), torch.randn(2, 3), tmp_path / "bad.onnx")
+    assert "\x1b" not in str(info.value) and "\n" not in str(info.value)  # one line, no colour codes
     assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_input_shape_is_one_clear_error_before_exporting(tmp_path, capfd):
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)).train()
+    with pytest.raises(ValueError) as info:
+        export_onnx(model, torch.randn(2, 5), tmp_path / "m.onnx")
+    msg = str(info.value)
+    assert msg.startswith("Sequential fails on `example_inputs` of shape (2, 5) (RuntimeError: mat1 and mat2 shapes "
+                          "cannot be multiplied (2x5 and 8x4)); pass example inputs the model accepts")
+    assert "\n" not in msg and "\x1b" not in msg
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert "fake_tensor" not in capfd.readouterr().err  # torch.export never ran
+    assert list(tmp_path.iterdir()) == [] and model.training  # nothing written, mode restored
+    with pytest.raises(ValueError, match=r"of shapes \(2, 8\), \(3,\) \(TypeError: "):
+        export_onnx(model, (torch.randn(2, 8), torch.randn(3)), tmp_path / "m.onnx")
 
 
 def test_cli_export_compressed_folder(compressed_run, tmp_path, capsys):  # noqa: F811

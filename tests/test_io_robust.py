@@ -300,3 +300,21 @@ def test_every_torch_load_in_the_package_is_weights_only():
     assert calls, "expected the resume path to use torch.load"
     for name, args in calls:
         assert "weights_only=True" in args, name
+
+
+@pytest.mark.parametrize("form", ["factorized", "low_rank"])
+@pytest.mark.parametrize("file_form", ["dense", "factorized"])
+def test_load_into_an_already_factorized_model_says_to_pass_a_fresh_one(form, file_form, tmp_path):
+    path = io.save(FORMS[file_form], tmp_path / "m.safetensors")
+    model = lorita.factorize(TinyNet(), depth=2) if form == "factorized" else lorita.to_low_rank(
+        TinyNet(), {"conv": 2, "fc": 1})
+    before = state_copy(model)
+    kind = "FactorizedConv2d" if form == "factorized" else "LowRankConv2d"
+    for inplace in (False, True):
+        with pytest.raises(ValueError) as info:
+            lorita.load(model, path, inplace=inplace)
+        msg = str(info.value)
+        assert "\n" not in msg
+        assert re.search(rf"m\.safetensors: layer `conv` of the model passed is already a {kind} \(and \d+ more\)", msg)
+        assert "freshly built, unmodified instance of TinyNet" in msg and "rebuilds" in msg
+        assert_same_state(model, before)

@@ -1,5 +1,6 @@
 """Dynamic int8 quantization of low-rank models: error bound, file round trip, bytes on disk."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,86 @@ def test_unavailable_quantization_fails_clearly(monkeypatch):
     assert "quantize_dynamic" in quantize.int8_available()
     with pytest.raises(RuntimeError, match="quantize_dynamic"):
         quantize.quantize_int8(torch.nn.Linear(2, 2))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, a):
+        return self.head(self.x(a))
+
+
+@pytest.fixture
+def small_int8_files(tmp_path):
+    torch.manual_seed(0)
+    low = lorita.to_low_rank(FCN(hidden=(32, 32)), {"layers.0": 4, "layers.2": 4})
+    with_ranks = quantize.save_quantized(quantize.quantize_int8(low), tmp_path / "low.pt", float_model=low)
+    plain = quantize.save_quantized(quantize.quantize_int8(FCN(hidden=(32, 32))), tmp_path / "plain.pt")
+    return with_ranks, plain
+
+
+@pytest.mark.parametrize("which", ["with_ranks", "plain"])
+def test_load_quantized_into_the_wrong_class_names_both_classes_and_the_fix(small_int8_files, which):
+    path = small_int8_files[0 if which == "with_ranks" else 1]
+    model = _Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        quantize.load_quantized(model, path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    assert "`ranks`" not in msg
+    assert "the file holds a quantized FCN but the model passed is a _Net" in msg
+    assert "pass a freshly built FCN with the configuration that was saved" in msg
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert type(model.x) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("which", ["with_ranks", "plain"])
+def test_load_quantized_with_other_widths_is_a_shape_error_not_a_silent_load(small_int8_files, which):
+    path = small_int8_files[0 if which == "with_ranks" else 1]
+    key = "layers.0." + ("second." if which == "with_ranks" else "") + "_packed_params._packed_params"
+    shape = "(32, 4)" if which == "with_ranks" else "(32, 784)"
+    with pytest.raises(ValueError, match=rf"weights do not fit the FCN passed \(`{re.escape(key)}` has shape "
+                                         rf"{re.escape(shape)} in the file but \(16, "):
+        quantize.load_quantized(FCN(hidden=(16, 16)), path)
+    x = torch.randn(3, 784)
+    loaded = quantize.load_quantized(FCN(hidden=(32, 32)), path)  # the right one still loads
+    assert loaded(x).shape == (3, 10)
+    assert '"model_class": "FCN"' in torch.load(path, weights_only=True)["manifest"]
+
+
+def test_quantize_int8_refuses_a_factorized_model_and_names_its_layers():
+    from deploy_fixtures import TinyNet
+
+    torch.manual_seed(0)
+    fact = lorita.factorize(TinyNet(), depth=2)
+    with pytest.raises(ValueError) as info:
+        quantize.quantize_int8(fact)
+    msg = str(info.value)
+    assert msg.startswith("TinyNet still has factorized layers: `conv` (FactorizedConv2d), "
+                          "`conv1d` (FactorizedConv1d), `attn` (FactorizedMultiheadAttention), "
+                          "`fc` (FactorizedLinear);")
+    assert "attn.in_proj" not in msg  # the projections inside the attention are not listed again
+    assert "lorita.merge(model)" in msg and "lorita.to_low_rank(model, ranks)" in msg
+    assert type(fact.fc) is lorita.FactorizedLinear  # untouched
+    q = quantize.quantize_int8(lorita.merge(fact))  # the suggested fix works
+    assert isinstance(q.fc, torch.ao.nn.quantized.dynamic.Linear)
+
+
+def test_quantize_int8_with_nothing_to_quantize_is_an_error():
+    convs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"^Sequential has no nn\.Linear layer \(weight layers: BatchNorm2d, Conv2d\): "
+                                         r".*nothing to quantize; keep the float model$"):
+        quantize.quantize_int8(convs)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module, got str"):
+        quantize.quantize_int8("model")
+    # a bare Linear is quantized (quantize_dynamic alone would return it unchanged)
+    lin = torch.nn.Linear(6, 3)
+    q = quantize.quantize_int8(lin)
+    assert isinstance(q, torch.ao.nn.quantized.dynamic.Linear) and type(lin) is torch.nn.Linear
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), lin(x), atol=0.05, rtol=0.05)

@@ -89,6 +89,44 @@ def test_targeting_regex_list_and_exclude(cnn):
     assert isinstance(f.head, FactorizedLinear) and isinstance(f.conv1, nn.Conv2d)
 
 
+def _unmatched_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "lorita.targeting" and r.levelno == logging.WARNING]
+
+
+def test_exclude_or_target_entry_matching_nothing_is_a_warning_naming_it(cnn, caplog):
+    with caplog.at_level(logging.WARNING, logger="lorita.targeting"):
+        f = lorita.factorize(cnn, depth=2, exclude_modules=["haed"])
+    assert isinstance(f.head, FactorizedLinear)  # excluding nothing is not an error
+    assert _unmatched_warnings(caplog) == [
+        "`exclude_modules` entry 'haed' matches no module of TinyCNN; check the spelling (a regex full-matching "
+        "the module name, or a list of names/suffixes). Module names: [conv1, bn1, conv2, bn2, head]"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lorita.targeting"):
+        lorita.factorize(cnn, depth=2, exclude_modules=r"haed|conv9")  # a regex
+        f = lorita.factorize(cnn, depth=2, target_modules=["head", "conv3", "cnv1"])
+    assert isinstance(f.head, FactorizedLinear) and type(f.conv1) is nn.Conv2d
+    got = _unmatched_warnings(caplog)
+    assert len(got) == 2
+    assert got[0].startswith("`exclude_modules` entry 'haed|conv9' matches no module of TinyCNN;")
+    assert got[1].startswith("`target_modules` entries 'conv3', 'cnv1' match no module of TinyCNN;")
+
+
+def test_patterns_that_match_something_never_warn(cnn, caplog):
+    from deploy_fixtures import TinyNet
+
+    with caplog.at_level(logging.WARNING, logger="lorita.targeting"):
+        lorita.factorize(cnn, depth=2, exclude_modules=["bn1"])  # a BatchNorm: matched, just not a target
+        lorita.factorize(cnn, depth=2, exclude_modules=r"bn\d|head", target_modules=["conv1", "bn2"])
+        lorita.factorize(cnn, depth=2, exclude_modules=r"conv.*")
+        net = TinyNet()
+        lorita.singular_values(net, target_modules=["attn.in_proj", "fc"])  # attention projection names
+        lorita.singular_values(lorita.factorize(net, depth=2), exclude_modules=["in_proj"])
+        with pytest.raises(ValueError, match="no .* matched"):  # nothing at all: still the error
+            lorita.factorize(cnn, depth=2, target_modules=["encoder"])
+    assert _unmatched_warnings(caplog) == []
+
+
 def test_empty_target_match_is_an_error_listing_candidates(cnn):
     with pytest.raises(ValueError, match=r"no .*layers.* matched .*Candidates: \[conv1, conv2, head\]"):
         lorita.factorize(cnn, depth=2, target_modules="encoder.*")

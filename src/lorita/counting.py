@@ -82,14 +82,23 @@ class CostReport:
         }
 
     def table(self) -> str:
-        """Markdown table: layer, kind, rank/depth, params, MACs per sample."""
-        lines = ["| layer | kind | rank/depth | params | MACs |", "|---|---|---|---:|---:|"]
+        """Markdown table: layer, kind, rank/depth, params and, once MACs were counted
+        (:func:`count_macs`), MACs per sample; a params-only report has no MACs column."""
+        with_macs = self.total_macs is not None or any(r.macs is not None for r in self.rows)
+
+        def line(cells: list[str], macs: int | None, bold: bool = False) -> str:
+            if with_macs:
+                cells = [*cells, "" if macs is None else (f"**{macs:,}**" if bold else f"{macs:,}")]
+            return "| " + " | ".join(cells) + " |"
+
+        lines = [
+            "| layer | kind | rank/depth | params |" + (" MACs |" if with_macs else ""),
+            "|---|---|---|---:|" + ("---:|" if with_macs else ""),
+        ]
         for r in self.rows:
             rd = f"r={r.rank}" if r.rank is not None else (f"N={r.depth}" if r.depth is not None else "")
-            macs = "" if r.macs is None else f"{r.macs:,}"
-            lines.append(f"| {r.name} | {r.kind} | {rd} | {r.params:,} | {macs} |")
-        macs = "" if self.total_macs is None else f"{self.total_macs:,}"
-        lines.append(f"| **total** | | | **{self.total_params:,}** | **{macs}** |")
+            lines.append(line([r.name, r.kind, rd, f"{r.params:,}"], r.macs))
+        lines.append(line(["**total**", "", "", f"**{self.total_params:,}**"], self.total_macs, bold=True))
         return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ Optional dependencies: ``pip install 'lorita[onnx]'`` (onnx, onnxscript, onnxrun
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,32 @@ logger = logging.getLogger(__name__)
 ONNX_ATOL = 1e-4
 ONNX_RTOL = 1e-4
 _MAX_SINGLE_FILE_BYTES = 2**31 - 2**27  # protobuf's 2 GiB limit, with headroom for the graph
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, without ANSI colour codes."""
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0].strip()[:limit] if text else type(exc).__name__
+
+
+def _shapes(inputs: tuple[Tensor, ...]) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in inputs)
+
+
+def _check_runs(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    """Run ``model`` eagerly on ``inputs`` (no grad) so a bad input is one clear error instead of
+    torch.export's fake-tensor logs."""
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as exc:  # any error of the user's forward
+        what = "shape" if len(inputs) == 1 else "shapes"
+        raise ValueError(
+            f"{type(model).__name__} fails on `example_inputs` of {what} {_shapes(inputs)} "
+            f"({type(exc).__name__}: {_one_line(exc)}); pass example inputs the model accepts, e.g. a batch "
+            f"of its real inputs"
+        ) from None
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Tensor, ...]:
@@ -115,8 +142,10 @@ def export_onnx(
 
     Raises:
         TypeError: bad ``model``/``example_inputs``.
-        ValueError: missing optional packages, an export failure (message from torch.onnx), a
-            model too large for one file, or outputs that differ beyond the tolerance.
+        ValueError: the model fails on ``example_inputs`` when run eagerly (checked before
+            exporting; the message names the input shapes and the model's error), missing optional
+            packages, an export failure (first line of torch.onnx's message, colour codes
+            stripped), a model too large for one file, or outputs that differ beyond the tolerance.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -139,6 +168,7 @@ def export_onnx(
     model.eval()
     diff = None
     try:
+        _check_runs(model, inputs)
         with atomic_path(path, suffix=".tmp.onnx") as tmp:
             try:
                 torch.onnx.export(
@@ -146,8 +176,7 @@ def export_onnx(
                     opset_version=opset_version, external_data=False, verbose=False,
                 )
             except Exception as exc:  # torch.onnx raises many types; report one line and the cause
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                raise ValueError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
+                raise ValueError(f"torch.onnx.export failed for {type(model).__name__}: {_one_line(exc)}") from exc
             if check:
                 diff, within = onnx_max_abs_diff(model, tmp, inputs)
                 if not within:

@@ -322,6 +322,15 @@ def _rebuild(model: nn.Module, layers: Mapping[str, Any], path: Path) -> None:
         _set_module(model, fqn, new)
 
 
+def _lorita_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """``[(fqn, kind)]`` of the factorized/low-rank layers already in ``model`` (outermost only)."""
+    found: list[tuple[str, str]] = []
+    for fqn, mod in model.named_modules():
+        if isinstance(mod, tuple(_KINDS.values())) and not any(fqn.startswith(d + ".") for d, _ in found):
+            found.append((fqn, type(mod).__name__))
+    return found
+
+
 def _saved_from(layers: Mapping[str, Any]) -> str:
     names = list(layers)[:3]
     return "its layers include " + ", ".join(f"`{n}`" for n in names) if names else "different layers"
@@ -386,7 +395,8 @@ def load(model: nn.Module, path: str | Path, inplace: bool = False) -> nn.Module
     with ``strict=True`` semantics (every key present, no extra key, every shape equal).
 
     Args:
-        model: a new, unmodified instance of the architecture that was saved.
+        model: a new, unmodified instance of the architecture that was saved (not factorized or
+            split: the file's factorized/low-rank layers are rebuilt on it).
         path: the ``.safetensors`` file.
         inplace: rebuild ``model`` itself (only after the load has succeeded on a copy).
 
@@ -397,7 +407,8 @@ def load(model: nn.Module, path: str | Path, inplace: bool = False) -> nn.Module
         TypeError: ``model`` is not an ``nn.Module``.
         FileNotFoundError / ValueError: missing, unreadable, truncated or corrupt file, a manifest
             that does not fit the model, or mismatched keys/shapes (the message names the file,
-            the layer and the fix) — the model is left unchanged.
+            the layer and the fix), or a ``model`` that already has factorized/low-rank layers —
+            the model is left unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -409,6 +420,16 @@ def load(model: nn.Module, path: str | Path, inplace: bool = False) -> nn.Module
         if saved_cls and saved_cls != type(model).__name__
         else ""
     )
+    already = _lorita_layers(model)
+    if already:
+        fqn, kind = already[0]
+        more = f" (and {len(already) - 1} more)" if len(already) > 1 else ""
+        name = type(model).__name__
+        raise ValueError(
+            f"{path}: layer `{fqn}` of the model passed is already a {kind}{more}: `load` expects a freshly "
+            f"built, unmodified instance of {name} (e.g. lorita.load({name}(...), path)), not a factorized or "
+            f"low-rank one — the file rebuilds its factorized/low-rank layers itself"
+        )
     work = copy.deepcopy(model)
     _rebuild(work, manifest["layers"], path)
     _check_tensors(work, path, manifest, cls_hint)

@@ -79,9 +79,14 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
 
     Raises:
         RuntimeError: dynamic quantization is not available in this torch (message says what to do).
-        ValueError: a parameter is not on the CPU.
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: the model still has factorized layers (merge or split them first), has no
+            ``nn.Linear`` (nothing to quantize), or a parameter is not on the CPU.
     """
     qd = _quantize_dynamic()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    _check_quantizable(model)
     for name, p in model.named_parameters():
         if p.device.type != "cpu":
             raise ValueError(
@@ -92,7 +97,38 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        if type(work) is nn.Linear:  # quantize_dynamic only swaps children: wrap a bare Linear
+            return qd(nn.Sequential(work), {nn.Linear}, dtype=torch.qint8, inplace=True)[0]
         return qd(work, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def _check_quantizable(model: nn.Module) -> None:
+    """Raise if ``model`` still has factorized layers (their factors would stay float) or has no
+    ``nn.Linear`` at all (nothing would be quantized)."""
+    from lorita.attention import FactorizedMultiheadAttention
+    from lorita.layers import FactorizedConv1d, FactorizedConv2d, FactorizedLinear
+    from lorita.transposed import FactorizedTransposedLinear
+
+    factorized = (FactorizedLinear, FactorizedConv1d, FactorizedConv2d, FactorizedTransposedLinear,
+                  FactorizedMultiheadAttention)
+    found: list[tuple[str, str]] = []
+    for fqn, m in model.named_modules():
+        if isinstance(m, factorized) and not any(fqn.startswith(f + ".") for f, _ in found if f):
+            found.append((fqn, type(m).__name__))
+    if found:
+        more = f" and {len(found) - 4} more" if len(found) > 4 else ""
+        shown = ", ".join(f"`{n or '(the model itself)'}` ({k})" for n, k in found[:4]) + more
+        raise ValueError(
+            f"{type(model).__name__} still has factorized layers: {shown}; int8 quantization would leave them "
+            f"float. Call lorita.merge(model) (dense) or lorita.to_low_rank(model, ranks) first, then quantize"
+        )
+    if not any(type(m) is nn.Linear for m in model.modules()):
+        kinds = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(recurse=False))})
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear layer (weight layers: {', '.join(kinds) or 'none'}): dynamic "
+            f"int8 quantization only converts nn.Linear (convolutions stay float), so there is nothing to quantize; "
+            f"keep the float model"
+        )
 
 
 def save_quantized(
@@ -118,6 +154,8 @@ def save_quantized(
     path = Path(path)
     manifest = manifest_of(float_model if float_model is not None else nn.Module(), metadata)
     manifest["format"] = _FORMAT
+    if float_model is None:
+        manifest["model_class"] = type(model).__name__
     payload = {"manifest": json.dumps(manifest, sort_keys=True), "state_dict": model.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -138,7 +176,8 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
 
     Raises:
         FileNotFoundError: missing file. ValueError: not a lorita int8 file, or a model whose
-            structure does not fit it. RuntimeError: quantization unavailable.
+            structure or shapes do not fit it (the message names the file, the class the file was
+            saved from and the one passed). RuntimeError: quantization unavailable.
     """
     from lorita.io import manifest_of
     from lorita.surgery import to_low_rank
@@ -158,6 +197,15 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         ) from None
     if manifest.get("format") != _FORMAT:
         raise ValueError(f"{path}: manifest format {manifest.get('format')!r}, expected {_FORMAT!r}")
+    name = type(model).__name__
+    saved_cls = manifest.get("model_class")
+    if isinstance(saved_cls, str) and saved_cls not in ("Module", name):
+        fix = (
+            f"; the file holds a quantized {saved_cls} but the model passed is a {name} — pass a freshly "
+            f"built {saved_cls} with the configuration that was saved"
+        )
+    else:
+        fix = f"; pass a {name} built with the configuration that was saved"
     stored = manifest.get("layers", {})
     have = manifest_of(model)["layers"]
     work = model
@@ -168,13 +216,54 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
                 f"model the file was quantized from, or a freshly built dense one"
             )
         ranks = {fqn: int(spec["rank"]) for fqn, spec in stored.items() if spec.get("form") == "low_rank"}
-        work = to_low_rank(model, ranks) if ranks else model
-    q = quantize_int8(work)
+        modules = dict(model.named_modules())
+        absent = [fqn for fqn in ranks if fqn not in modules]
+        if absent:
+            shown = ", ".join(f"`{n}`" for n in absent[:3]) + (" ..." if len(absent) > 3 else "")
+            raise ValueError(f"{path}: its low-rank layer(s) {shown} are not modules of the {name} passed{fix}")
+        try:
+            work = to_low_rank(model, ranks) if ranks else model
+        except ValueError as exc:
+            raise ValueError(f"{path}: cannot split the {name} passed to the file's ranks ({exc}){fix}") from None
     try:
-        q.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0][:300]})") from None
+        q = quantize_int8(work)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}{fix}") from None
+    problem = _state_mismatch(q.state_dict(), state)
+    if problem is None:
+        try:
+            q.load_state_dict(state, strict=True)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            problem = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if problem is not None:
+        raise ValueError(f"{path}: weights do not fit the {name} passed ({problem}){fix}")
     return q
+
+
+def _weight_shape(value: Any) -> tuple[int, ...] | None:
+    """Shape of a state_dict entry: a tensor, or the weight of a packed ``(weight, bias)`` pair."""
+    if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+        value = value[0]
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _state_mismatch(want: dict[str, Any], got: Any) -> str | None:
+    """Why the file's state ``got`` does not fit the quantized model's ``want`` (None: it fits).
+
+    Packed int8 weights load without any shape check in PyTorch, so shapes are compared here."""
+    if not isinstance(got, dict):
+        return f"the file's state_dict is a {type(got).__name__}, not a dict"
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    if missing or extra:
+        key = missing[0] if missing else extra[0]
+        where = "the model has it but the file does not" if missing else "the file has it but the model does not"
+        return f"key `{key}`: {where} [{len(missing)} missing, {len(extra)} unexpected keys]"
+    for key, value in want.items():
+        mine, theirs = _weight_shape(value), _weight_shape(got[key])
+        if mine != theirs:
+            return f"`{key}` has shape {theirs} in the file but {mine} in the model"
+    return None
 
 
 def file_bytes(path: str | Path) -> int:

@@ -68,8 +68,19 @@ def factorize_plan(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> TargetPlan:
     """Which layers :func:`factorize` would replace, and which it would skip and why."""
+    return _factorize_plan(model, target_modules, exclude_modules, filter_fn)
+
+
+def _factorize_plan(
+    model: nn.Module,
+    target_modules: Targets,
+    exclude_modules: Targets,
+    filter_fn: Callable[[nn.Module, str], bool] | None,
+    warn_unmatched: bool = True,
+) -> TargetPlan:
     return _drop_inner_skips(find_targets(
-        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what=_FACTORIZABLE
+        model, _FACTORIZE_KINDS, target_modules, exclude_modules, filter_fn, what=_FACTORIZABLE,
+        warn_unmatched=warn_unmatched,
     ))
 
 
@@ -128,7 +139,7 @@ def factorize(
     work = _work_copy(model, inplace)
     if depth == 1:
         return work
-    plan = factorize_plan(work, target_modules, exclude_modules, filter_fn)
+    plan = _factorize_plan(work, target_modules, exclude_modules, filter_fn, warn_unmatched=False)  # warned above
     new: dict[str, nn.Module] = {}
     for fqn, mod in plan.targets:
         cls = kinds.factorized_class(mod)

@@ -9,6 +9,10 @@ Rules (PEFT ``check_target_module_exists``, torchao ``filter_fn``):
 * ``exclude_modules`` — same syntax, applied first.
 * ``filter_fn(module, fqn) -> bool`` — last word.
 
+An ``exclude_modules`` pattern, or a ``target_modules`` list entry, that matches no module at all
+(of any kind; an attention's ``in_proj``/``out_proj`` count as names) is logged as a WARNING
+naming it: excluding nothing is not an error, but a typo must be visible.
+
 Matching modules that cannot be handled (wrong kind, ``groups != 1``, a module registered under
 two names, a weight tied to another module) are returned in :attr:`TargetPlan.skipped` with the
 reason, never silently dropped and never modified.
@@ -16,6 +20,7 @@ reason, never silently dropped and never modified.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +28,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 __all__ = ["TargetPlan", "find_targets", "matches", "Targets"]
+
+logger = logging.getLogger(__name__)
 
 Targets = str | Iterable[str] | None
 Checker = Callable[[nn.Module], str | None]
@@ -87,6 +94,27 @@ def _tied(model: nn.Module) -> dict[str, str]:
     return tied
 
 
+def _unmatched(spec: Targets, names: list[str]) -> list[str]:
+    """The patterns of ``spec`` (a regex, or each entry of a list) that match none of ``names``."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [] if any(re.fullmatch(spec, n) for n in names) else [spec]
+    return [entry for entry in spec if not any(matches(n, [entry]) for n in names)]
+
+
+def _warn_unmatched(model: nn.Module, arg: str, unmatched: list[str], names: list[str]) -> None:
+    if not unmatched:
+        return
+    shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+    logger.warning(
+        "`%s` %s %s match%s no module of %s; check the spelling (a regex full-matching the module name, or a "
+        "list of names/suffixes). Module names: [%s]",
+        arg, "entry" if len(unmatched) == 1 else "entries", ", ".join(repr(u) for u in unmatched),
+        "es" if len(unmatched) == 1 else "", type(model).__name__, shown or "none",
+    )
+
+
 def find_targets(
     model: nn.Module,
     kinds: Mapping[type, Checker],
@@ -94,6 +122,7 @@ def find_targets(
     exclude_modules: Targets = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     what: str = "layers",
+    warn_unmatched: bool = True,
 ) -> TargetPlan:
     """Match modules of ``model`` against the targeting rules.
 
@@ -104,6 +133,8 @@ def find_targets(
             custom subclass with its own forward is never replaced behind the user's back.
         target_modules, exclude_modules, filter_fn: see the module docstring.
         what: noun used in the error message (e.g. ``"Linear/Conv2d layers"``).
+        warn_unmatched: log a WARNING for each ``exclude_modules`` pattern / ``target_modules``
+            list entry that matches no module (False: a repeated call on a copy stays quiet).
 
     Returns:
         :class:`TargetPlan`.
@@ -124,9 +155,13 @@ def find_targets(
     seen: dict[int, str] = {}
     tied = _tied(model)
     candidates: list[str] = []
+    names: list[str] = []  # every name a pattern may match (attention projections included)
     for fqn, mod in model.named_modules(remove_duplicate=False):
         if fqn == "":
             continue
+        names.append(fqn)
+        if isinstance(mod, nn.MultiheadAttention):
+            names += [f"{fqn}.in_proj", f"{fqn}.out_proj"]
         supported = type(mod) in kinds
         if supported:
             candidates.append(fqn)
@@ -166,4 +201,10 @@ def find_targets(
             f"{detail} Candidates: [{shown or 'none'}]. Fix `target_modules` (regex full-match on the "
             f"module name, or a list of names/suffixes)."
         )
+    if not warn_unmatched:
+        return plan
+    names = list(dict.fromkeys(names))
+    _warn_unmatched(model, "exclude_modules", _unmatched(spec_x, names), names)
+    if spec_t is not None and not isinstance(spec_t, str):
+        _warn_unmatched(model, "target_modules", _unmatched(spec_t, names), names)
     return plan
