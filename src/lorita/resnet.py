@@ -83,6 +83,20 @@ def _check(name: str, value: int) -> None:
         raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
 
 
+
+def _stages(width: int, depths: list[int], shortcut: str) -> tuple[list[nn.Sequential], int]:
+    """Stages of BasicBlocks, widths ``width·2^stage``, stride 2 at the first block of every stage
+    but the first; returns the stages and the final channel count."""
+    planes, layers = width, []
+    for stage, n in enumerate(depths):
+        out = width * 2**stage
+        blks = []
+        for b in range(n):
+            blks.append(BasicBlock(planes, out, 2 if (stage > 0 and b == 0) else 1, shortcut))
+            planes = out
+        layers.append(nn.Sequential(*blks))
+    return layers, planes
+
 class ResNet20(nn.Module):
     """CIFAR ResNet-(6n+2) with option-A shortcuts; ``blocks=3`` gives ResNet-20.
 
@@ -104,14 +118,7 @@ class ResNet20(nn.Module):
             _check(n, v)
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        planes, layers = width, []
-        for stage in range(3):
-            out = width * 2**stage
-            blks = []
-            for b in range(blocks):
-                blks.append(BasicBlock(planes, out, 2 if (stage > 0 and b == 0) else 1, "A"))
-                planes = out
-            layers.append(nn.Sequential(*blks))
+        layers, planes = _stages(width, [blocks] * 3, "A")
         self.layer1, self.layer2, self.layer3 = layers
         self.linear = nn.Linear(planes, num_classes)
 
@@ -150,14 +157,7 @@ class ResNet18(nn.Module):
             _check("blocks[i]", v)
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        planes, layers = width, []
-        for stage, n in enumerate(blocks):
-            out = width * 2**stage
-            blks = []
-            for b in range(n):
-                blks.append(BasicBlock(planes, out, 2 if (stage > 0 and b == 0) else 1, "B"))
-                planes = out
-            layers.append(nn.Sequential(*blks))
+        layers, planes = _stages(width, list(blocks), "B")
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(planes, num_classes)
 
