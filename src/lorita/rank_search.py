@@ -49,6 +49,7 @@ from lorita.rank import (
     RankPolicy,
     RankRatio,
     policy_string,
+    select_ranks,
 )
 from lorita.surgery import _set_module, merge, weight_layers
 from lorita.targeting import Targets
@@ -478,8 +479,6 @@ def _warm_start(
             accuracy and the floor); ``work`` is then partly truncated, but it is search's own
             copy, so the caller's model is untouched.
     """
-    from lorita.rank import select_ranks
-
     ranks = select_ranks(work, cfg.start, target_modules, exclude_modules)
     modules = dict(work.named_modules())
     for st in states:
