@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 
-from lorita.distill import DistillConfig
-from lorita.finetune import FinetuneConfig, finetune
+from lorita.finetune import DistillConfig, FinetuneConfig, finetune
 from lorita.pipeline import load_run, make_loaders, model_row
-from lorita.rank import ParamBudget, select_ranks
+from lorita.ranks.policies import ParamBudget, select_ranks
 from lorita.surgery import to_low_rank
 
 BUDGET = 0.05

@@ -28,13 +28,12 @@ import torch
 
 from lorita import io
 from lorita.counting import count_macs
-from lorita.distill import DistillConfig
-from lorita.finetune import FinetuneConfig
+from lorita.finetune import DistillConfig, FinetuneConfig
 from lorita.pipeline import load_run
 from lorita.quantize import file_bytes
-from lorita.rank import parse_policy, select_ranks
-from lorita.rank_search import BatchEvaluator, GreedySearch
-from lorita.report import pct
+from lorita.ranks.policies import parse_policy, select_ranks
+from lorita.ranks.search import BatchEvaluator, GreedySearch
+from lorita.runs.markdown import pct
 from lorita.search_pipeline import add_int8, model_row, run_search
 from lorita.surgery import to_low_rank
 

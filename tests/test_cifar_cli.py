@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from _cifar_files import write_bin  # noqa: I001  (tests/ is on sys.path under pytest)
 from lorita import pipeline
 from lorita.cli import main
-from lorita.config import TrainConfig
 from lorita.pipeline import compress_run, train_run
+from lorita.runs.config import TrainConfig
 
 TINY = {
     "resnet20": {"width": 2},

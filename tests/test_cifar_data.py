@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from _cifar_files import N_TEST, write_bin, write_py  # tests/ is on sys.path under pytest
-from lorita.cifar import (
+from lorita.data import AUGMENTATIONS, load_dataset, make_transform, random_crop_flip
+from lorita.data.cifar10 import (
     RECORD_BYTES,
     channel_stats,
     load_cifar10,
@@ -19,7 +20,6 @@ from lorita.cifar import (
     read_cifar_py,
     safe_unpickle,
 )
-from lorita.data import AUGMENTATIONS, load_dataset, make_transform, random_crop_flip
 
 # the opt-in real-data test: LORITA_CIFAR10_DIR, else a `shared/data` folder beside the checkout
 REAL = Path(

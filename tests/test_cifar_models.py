@@ -9,10 +9,10 @@ from torch import nn
 from lorita import count_macs, count_params, factorize, merge
 from lorita.layers import FactorizedConv2d, FactorizedLinear
 from lorita.models import MODELS, build_model, default_targets
-from lorita.resnet import BasicBlock, ResNet18, ResNet20
+from lorita.models.resnet import BasicBlock, ResNet18, ResNet20
+from lorita.models.vgg import VGG
+from lorita.models.vit import ViT
 from lorita.surgery import weight_layers
-from lorita.vgg import VGG
-from lorita.vit import ViT
 
 X1 = torch.zeros(1, 3, 32, 32)
 

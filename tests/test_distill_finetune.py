@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 import lorita
-from lorita.distill import DistillConfig, distillation_loss
-from lorita.finetune import FinetuneConfig, finetune
+from lorita.finetune import DistillConfig, FinetuneConfig, distillation_loss, finetune
 
 
 def test_distillation_loss_hand_computed():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lorita
-from lorita.transposed import FactorizedTransposedLinear, LowRankTransposedLinear
+from lorita.layers.transposed import FactorizedTransposedLinear, LowRankTransposedLinear
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

@@ -16,8 +16,8 @@ from torch import nn
 import lorita
 from deploy_fixtures import TinyNet, assert_same_state, state_copy, tiny_input
 from lorita import io
-from lorita.attention import FactorizedMultiheadAttention
 from lorita.layers import FactorizedConv1d, LowRankConv1d
+from lorita.layers.attention import FactorizedMultiheadAttention
 
 
 def _forms() -> dict[str, nn.Module]:

@@ -11,8 +11,8 @@ from torch import nn
 
 import lorita
 from deploy_fixtures import assert_same_state, state_copy
-from lorita.attention import FactorizedMultiheadAttention
 from lorita.layers import FactorizedConv1d, LowRankConv1d
+from lorita.layers.attention import FactorizedMultiheadAttention
 
 torch.manual_seed(0)
 
@@ -292,7 +292,7 @@ def test_scripted_and_traced_layers_match_eager():
 
 
 def test_mac_budget_counts_attention_projections_per_token():
-    from lorita.rank import layer_infos
+    from lorita.ranks.policies import layer_infos
 
     model = _Attn()
     x = _x(2, 5, 8)

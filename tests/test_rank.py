@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import lorita
-from lorita.rank import LayerInfo, _budget_ranks, deployable_cost, parse_policy
+from lorita.ranks.policies import LayerInfo, _budget_ranks, deployable_cost, parse_policy
 
 
 def _info(name, S, shape, positions=None):

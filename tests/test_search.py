@@ -14,7 +14,7 @@ from lorita.data import TensorLoader, load_mnist, make_transform
 from lorita.engine import make_optimizer, train_one_epoch
 from lorita.finetune import FinetuneConfig
 from lorita.models import FCN
-from lorita.rank_search import BatchEvaluator, GreedySearch, parse_budget, search, svd_of_product
+from lorita.ranks.search import BatchEvaluator, GreedySearch, parse_budget, search, svd_of_product
 
 MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
 X1 = torch.zeros(1, 1, 28, 28)
@@ -244,7 +244,7 @@ def test_warm_start_from_a_one_shot_policy(task):
 
 
 def test_policy_string_inverts_parse_policy():
-    from lorita.rank import parse_policy, policy_string
+    from lorita.ranks.policies import parse_policy, policy_string
 
     for text in ("rank:16", "ratio:0.1", "energy:0.9999", "global:0.05", "params:0.05"):
         assert policy_string(parse_policy(text)) == text

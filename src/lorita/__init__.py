@@ -4,33 +4,37 @@ Factorize layers into ``depth`` linear factors, train with plain weight decay, m
 back, truncate by SVD, and ship the two-layer low-rank model.
 """
 
-from lorita.attention import FactorizedMultiheadAttention
 from lorita.counting import CostReport, LayerCost, count_macs, count_params
-from lorita.distill import DistillConfig, distillation_loss
 from lorita.export import export_onnx
-from lorita.finetune import FinetuneConfig, finetune
+from lorita.finetune import DistillConfig, FinetuneConfig, distillation_loss, finetune
 from lorita.io import load, read_manifest, save
 from lorita.layers import (
     FactorizedConv1d,
     FactorizedConv2d,
     FactorizedLinear,
+    FactorizedMultiheadAttention,
+    FactorizedTransposedLinear,
     LowRankConv1d,
     LowRankConv2d,
     LowRankLinear,
+    LowRankTransposedLinear,
 )
 from lorita.optim import param_groups
 from lorita.quantize import load_quantized, quantize_int8, save_quantized
-from lorita.rank import (
+from lorita.ranks import (
+    BatchEvaluator,
     EnergyThreshold,
     FixedRank,
     GlobalThreshold,
+    GreedySearch,
     MacBudget,
     ParamBudget,
     RankRatio,
+    SearchResult,
     parse_policy,
+    search,
     select_ranks,
 )
-from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.surgery import (
     effective_weight,
     factorize,
@@ -41,7 +45,6 @@ from lorita.surgery import (
     truncate,
 )
 from lorita.targeting import TargetPlan
-from lorita.transposed import FactorizedTransposedLinear, LowRankTransposedLinear
 
 __version__ = "0.1.0"
 

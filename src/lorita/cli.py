@@ -50,7 +50,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
-    from lorita.config import TrainConfig
+    from lorita.runs.config import TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -96,7 +96,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
 
 
 def _config_from(args: argparse.Namespace, **over: Any):
-    from lorita.config import TrainConfig
+    from lorita.runs.config import TrainConfig
 
     fields = dict(
         model=getattr(args, "model", "fcn"),
@@ -230,14 +230,13 @@ def _check_quantize(kind: str) -> None:
 
 
 def _search_config(args: argparse.Namespace):
-    from lorita.distill import DistillConfig
-    from lorita.finetune import FinetuneConfig
-    from lorita.rank_search import GreedySearch, parse_budget
+    from lorita.finetune import DistillConfig, FinetuneConfig
+    from lorita.ranks.search import GreedySearch, parse_budget
 
     budget = None if args.budget is None else parse_budget(args.budget)
     start = None
     if args.start is not None:
-        from lorita.rank import parse_policy
+        from lorita.ranks.policies import parse_policy
 
         if args.start.strip().lower().startswith("macs:"):
             raise ValueError(f"--start {args.start}: a MAC budget cannot be a start here; "

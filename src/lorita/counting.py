@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lorita.attention import FactorizedMultiheadAttention
 from lorita.layers import FactorizedConv2d, FactorizedLinear, LowRankConv2d, LowRankLinear
-from lorita.transposed import is_transposed_linear
+from lorita.layers.attention import FactorizedMultiheadAttention
+from lorita.layers.transposed import is_transposed_linear
 
 __all__ = ["LayerCost", "CostReport", "count_params", "count_macs", "ROW_TYPES"]
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lorita.io import atomic_path
+from lorita._files import atomic_path
 
 __all__ = ["export_onnx", "onnx_max_abs_diff", "ONNX_ATOL", "ONNX_RTOL"]
 

@@ -5,6 +5,15 @@ its bias and every other parameter (BatchNorm, dense layers) are updated in plac
 keeps its ranks and its weights are the ones the caller saves. This fixes the official LoRITa
 code, which fine-tunes a re-densified copy and then drops the fine-tuned weights (paper-notes
 §4.5, §11). Nothing here looks at a test split: the caller chooses the data.
+
+Distillation (Hinton, Vinyals, Dean 2015): LoRITa (arXiv 2405.03089) names it the natural
+companion of low-rank compression — the merged dense model is a free teacher for its own
+truncated, low-rank student. The loss is
+
+    L = (1 − w) · CE(student, y) + w · T² · KL(softmax(teacher / T) ‖ softmax(student / T))
+
+with temperature ``T`` and weight ``w``; the ``T²`` factor keeps the soft-target gradients on the
+same scale as the hard-label ones (Hinton et al., §2).
 """
 
 from __future__ import annotations
@@ -18,12 +27,75 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lorita.distill import DistillConfig, distillation_loss
 from lorita.engine import OPTIMIZERS, make_optimizer
 
-__all__ = ["FinetuneConfig", "finetune"]
+__all__ = ["DistillConfig", "FinetuneConfig", "distillation_loss", "finetune"]
 
 _WHEN = ("recover", "every")
+
+
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation settings.
+
+    Attributes:
+        temperature: softmax temperature ``T`` (> 0) for both teacher and student.
+        weight: share ``w`` in [0, 1] of the soft-target term; ``1 − w`` goes to cross-entropy
+            on the labels. ``weight=0`` is plain fine-tuning.
+    """
+
+    temperature: float = 4.0
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"`temperature` must be a number > 0, got {t!r}")
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0.0 <= w <= 1.0:
+            raise ValueError(f"`weight` must be in [0, 1], got {w!r}")
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    temperature: float = 4.0,
+    weight: float = 0.5,
+) -> Tensor:
+    """Hinton distillation loss, averaged over the batch.
+
+    Args:
+        student_logits: ``(B, C)`` raw scores of the model being trained.
+        teacher_logits: ``(B, C)`` raw scores of the teacher (detached here; no gradient flows
+            into the teacher).
+        targets: ``(B,)`` int64 class labels.
+        temperature: ``T`` > 0.
+        weight: ``w`` in [0, 1], the share of the soft-target term.
+
+    Returns:
+        Scalar ``(1 − w)·CE(student, y) + w·T²·KL(p_T ‖ q_T)`` where ``p_T = softmax(teacher/T)``,
+        ``q_T = softmax(student/T)`` and KL is summed over classes, averaged over the batch.
+
+    Raises:
+        ValueError: shapes that differ, or ``temperature``/``weight`` out of range.
+    """
+    DistillConfig(temperature, weight)  # validates
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; the teacher must predict the same classes"
+        )
+    hard = F.cross_entropy(student_logits, targets)
+    if weight == 0:
+        return hard
+    t = float(temperature)
+    log_q = F.log_softmax(student_logits / t, dim=-1)
+    log_p = F.log_softmax(teacher_logits.detach() / t, dim=-1)
+    soft = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
+    return (1.0 - weight) * hard + weight * soft
 
 
 @dataclass(frozen=True)
@@ -37,7 +109,7 @@ class FinetuneConfig:
         lr: learning rate (constant during a call).
         momentum: SGD momentum.
         weight_decay: L2 coefficient on every parameter (0 keeps the search's spectra intact).
-        distill: :class:`~lorita.distill.DistillConfig` to distill from a teacher (the dense
+        distill: :class:`DistillConfig` to distill from a teacher (the dense
             merged model in :func:`lorita.search`), or None for plain cross-entropy.
         when: for :func:`lorita.search` — ``"recover"`` (the paper's ``iter_training``: fine-tune
             only when no rank reduction stays within tolerance, then accept it if fine-tuning

@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorita import distributed, io
-from lorita.config import TrainConfig
 from lorita.counting import count_macs, count_params
 from lorita.data import DataSplits, TensorLoader, load_dataset
 from lorita.engine import evaluate, make_optimizer, make_scheduler, train_one_epoch
 from lorita.models import build_model, default_targets
 from lorita.optim import param_groups
-from lorita.rank import parse_policy, select_ranks
+from lorita.ranks.policies import parse_policy, select_ranks
+from lorita.runs.config import TrainConfig
 from lorita.surgery import factorize, merge, to_low_rank, weight_layers
 
 __all__ = [
@@ -426,7 +426,7 @@ def compress_run(
     report = {"run": str(run_dir), "policy": policy, "dense": dense_row, "low_rank": low_row,
               "layers": layers.to_dict()}
     _write_json(out / "report.json", report)
-    from lorita.report import compress_markdown
+    from lorita.runs.markdown import compress_markdown
 
     io.atomic_write_text(out / "report.md", compress_markdown(report, layers.table()))
     return report
@@ -482,8 +482,8 @@ def sweep_run(
         series.append({"dense": dense_row, "points": result["search_points"]})
         labels = [f"depth {run.cfg.depth}, {policy_kind}", f"depth {run.cfg.depth}, greedy search"]
     _write_json(out / "sweep.json", result)
-    from lorita.plots import plot_sweeps
-    from lorita.report import sweep_markdown
+    from lorita.runs.markdown import sweep_markdown
+    from lorita.runs.plots import plot_sweeps
 
     md = sweep_markdown(result)
     if search_tolerances:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lorita._files import file_bytes
 
 __all__ = ["int8_available", "quantize_int8", "save_quantized", "load_quantized", "file_bytes"]
 
@@ -105,9 +106,9 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
 def _check_quantizable(model: nn.Module) -> None:
     """Raise if ``model`` still has factorized layers (their factors would stay float) or has no
     ``nn.Linear`` at all (nothing would be quantized)."""
-    from lorita.attention import FactorizedMultiheadAttention
     from lorita.layers import FactorizedConv1d, FactorizedConv2d, FactorizedLinear
-    from lorita.transposed import FactorizedTransposedLinear
+    from lorita.layers.attention import FactorizedMultiheadAttention
+    from lorita.layers.transposed import FactorizedTransposedLinear
 
     factorized = (FactorizedLinear, FactorizedConv1d, FactorizedConv2d, FactorizedTransposedLinear,
                   FactorizedMultiheadAttention)
@@ -266,6 +267,3 @@ def _state_mismatch(want: dict[str, Any], got: Any) -> str | None:
     return None
 
 
-def file_bytes(path: str | Path) -> int:
-    """Size of a file on disk in bytes."""
-    return os.path.getsize(path)

@@ -1,5 +1,5 @@
 """Files in, files out for the rank search: ``lorita compress DIR --search greedy`` and the
-searched points of ``lorita sweep`` (see :mod:`lorita.rank_search`).
+searched points of ``lorita sweep`` (see :mod:`lorita.ranks.search`).
 
 ``compress_search_run`` writes the same artefacts as a one-shot ``lorita compress`` —
 ``merged.safetensors``, ``ranks.json``, ``low_rank.safetensors``, ``report.json``,
@@ -24,8 +24,8 @@ from lorita import io
 from lorita.counting import count_macs
 from lorita.pipeline import LoadedRun, build_info, load_run, make_loaders, model_row, remove_stale
 from lorita.quantize import file_bytes, quantize_int8, save_quantized
-from lorita.rank_search import BatchEvaluator, GreedySearch, SearchResult, points, search
-from lorita.report import pct
+from lorita.ranks.search import BatchEvaluator, GreedySearch, SearchResult, points, search
+from lorita.runs.markdown import pct
 
 __all__ = [
     "model_row",

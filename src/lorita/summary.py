@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from lorita import io
-from lorita.config import TrainConfig
 from lorita.pipeline import DEFAULT_POINTS, load_data, load_run, sweep_run, train_run
-from lorita.plots import plot_curves, plot_spectra, plot_sweeps
-from lorita.report import pct, side_by_side
+from lorita.runs.config import TrainConfig
+from lorita.runs.markdown import pct, side_by_side
+from lorita.runs.plots import plot_curves, plot_spectra, plot_sweeps
 from lorita.surgery import singular_values
 
 __all__ = ["report_runs", "run_demo", "smallest_within", "DEMO_RECIPE", "DEMO_BUDGETS"]

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from lorita import kinds, linalg
-from lorita.attention import PROJECTIONS, FactorizedMultiheadAttention, ProjectionView
-from lorita.layers import ForwardMode, Init
+from lorita import linalg
+from lorita.layers import ForwardMode, Init, kinds
+from lorita.layers.attention import PROJECTIONS, FactorizedMultiheadAttention, ProjectionView
 from lorita.targeting import TargetPlan, Targets, find_targets
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Layer kinds, their forms and skip reasons live in lorita.kinds (Linear, Conv1d/2d,
+# Layer kinds, their forms and skip reasons live in lorita.layers.kinds (Linear, Conv1d/2d,
 # MultiheadAttention, GPT-2 Conv1D); matching is on exact types.
 FACTORIZED_TYPES: tuple[type, ...] = kinds.FACTORIZED_TYPES
 LOW_RANK_TYPES: tuple[type, ...] = kinds.LOW_RANK_TYPES
@@ -186,7 +186,7 @@ def effective_weight(module: nn.Module) -> Tensor:
     """The dense weight a layer applies: ``(out, in)`` or ``(C_out, C_in, k_h, k_w)``, detached.
 
     Works for ``nn.Linear``, ``nn.Conv1d/2d``, GPT-2 ``Conv1D`` (returned transposed, ``(out, in)``),
-    the projections of an ``nn.MultiheadAttention`` (:class:`~lorita.attention.ProjectionView`)
+    the projections of an ``nn.MultiheadAttention`` (:class:`~lorita.layers.attention.ProjectionView`)
     and lorita's factorized and low-rank layers.
 
     Raises:
@@ -215,7 +215,7 @@ def weight_layers(
 
     Linear/Conv1d/Conv2d/GPT-2 Conv1D and their factorized and low-rank forms. An attention module
     ``attn`` (dense or factorized) gives two entries, ``attn.in_proj`` and ``attn.out_proj``
-    (:class:`~lorita.attention.ProjectionView` objects for a dense ``nn.MultiheadAttention``).
+    (:class:`~lorita.layers.attention.ProjectionView` objects for a dense ``nn.MultiheadAttention``).
     """
     plan = _drop_inner_skips(find_targets(
         model, _WEIGHT_KINDS, target_modules, exclude_modules, filter_fn, what="weight layers"

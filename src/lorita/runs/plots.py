@@ -26,7 +26,7 @@ def _plt():
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    from lorita.io import atomic_path
+    from lorita._files import atomic_path
 
     path = Path(path)
     try:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from lorita import linalg
-from lorita.layers import FactorizedLinear, ForwardMode, Init, LowRankLinear, _check_depth, _check_init, adopt
+from lorita.layers.base import ForwardMode, Init, _check_depth, _check_init, adopt
+from lorita.layers.linear import FactorizedLinear, LowRankLinear
 
 __all__ = [
     "TRANSPOSED_LINEAR_CLASSES",

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorita.layers import FactorizedLinear, ForwardMode, Init, _check_depth, _check_init, adopt
+from lorita.layers.base import ForwardMode, Init, _check_depth, _check_init, adopt
+from lorita.layers.linear import FactorizedLinear
 
 __all__ = ["FactorizedMultiheadAttention", "ProjectionView", "mha_reason", "PROJECTIONS"]
 

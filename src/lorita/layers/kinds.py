@@ -26,22 +26,16 @@ from collections.abc import Callable, Iterator, Mapping
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from lorita.attention import FactorizedMultiheadAttention, ProjectionView, mha_reason
-from lorita.layers import (
-    FactorizedConv1d,
-    FactorizedConv2d,
-    FactorizedLinear,
-    LowRankConv1d,
-    LowRankConv2d,
-    LowRankLinear,
-)
-from lorita.linalg import merge_factors
-from lorita.transposed import (
+from lorita.layers.attention import FactorizedMultiheadAttention, ProjectionView, mha_reason
+from lorita.layers.conv import FactorizedConv1d, FactorizedConv2d, LowRankConv1d, LowRankConv2d
+from lorita.layers.linear import FactorizedLinear, LowRankLinear
+from lorita.layers.transposed import (
     TRANSPOSED_LINEAR_CLASSES,
     FactorizedTransposedLinear,
     LowRankTransposedLinear,
     is_transposed_linear,
 )
+from lorita.linalg import merge_factors
 
 __all__ = [
     "Checker",

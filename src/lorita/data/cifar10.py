@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lorita.data import DataSplits, split_train_val
+from lorita.data.splits import DataSplits, split_train_val
 
 __all__ = [
     "load_cifar10",

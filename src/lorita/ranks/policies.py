@@ -1,0 +1,389 @@
+"""Rank policies: small frozen dataclasses that turn singular values into integer ranks.
+
+Per-layer policies (the paper's one-shot modes, arXiv 2405.03089 §4 / official
+``utility/compress.py``; :class:`EnergyThreshold` is ours — the official code has none):
+
+* :class:`FixedRank` — the same rank everywhere (clamped to each layer's ``min(m, n)``).
+* :class:`RankRatio` — "uniform"/"local": ``floor(ratio · min(m, n))`` per layer.
+* :class:`EnergyThreshold` — the smallest rank keeping ``energy`` of ``Σ S²``.
+* :class:`GlobalThreshold` — the paper's "global": keep ``S_i / S_1 >= rel_sigma``, ``S_1`` of
+  the layer's own spectrum (the official code's linear-layer branch ranks raw σ, a bug we do not
+  repeat).
+
+Budget policies (over all targeted layers together):
+
+* :class:`ParamBudget` — deployable weight params ``<= fraction`` of the dense ones.
+* :class:`MacBudget` — deployable MACs per sample ``<= fraction`` of the dense ones.
+
+Both drop singular values in order of normalized energy lost per unit of cost saved
+(``(S_i² / Σ_j S_j²) / cost-per-rank``), a greedy knapsack that discards the least energy for the
+budget. A layer's deployable cost at rank ``r`` is ``min(r·(m + n), m·n)`` (times output positions
+for MACs): the split is used only where it is cheaper (:func:`lorita.to_low_rank`).
+Every policy gives ranks >= 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lorita import linalg
+from lorita.layers.attention import FactorizedMultiheadAttention
+from lorita.surgery import effective_weight, weight_layers
+from lorita.targeting import Targets
+
+__all__ = [
+    "FixedRank",
+    "RankRatio",
+    "EnergyThreshold",
+    "GlobalThreshold",
+    "ParamBudget",
+    "MacBudget",
+    "RankPolicy",
+    "LayerInfo",
+    "select_ranks",
+    "parse_policy",
+    "layer_infos",
+    "deployable_cost",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _frac(value: float, name: str, lo_open: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    ok = (0.0 < value <= 1.0) if lo_open else (0.0 <= value <= 1.0)
+    if not ok:
+        rng = "(0, 1]" if lo_open else "[0, 1]"
+        raise ValueError(f"`{name}` must be in {rng}, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What a policy knows about one layer.
+
+    Attributes:
+        name: fqn. S: singular values, descending. shape: ``(m, n)`` matricized weight shape.
+        positions: output positions per sample (1 for a Linear on a vector; ``H_out·W_out`` for a
+            conv; tokens for a Linear on a sequence); ``None`` when unknown.
+    """
+
+    name: str
+    S: Tensor
+    shape: tuple[int, int]
+    positions: int | None = None
+
+    @property
+    def max_rank(self) -> int:
+        return min(self.shape)
+
+
+@dataclass(frozen=True)
+class FixedRank:
+    """The same ``rank`` in every layer, clamped to ``min(m, n)``."""
+
+    rank: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"`rank` must be an int >= 1, got {self.rank!r}")
+
+    def __call__(self, info: LayerInfo) -> int:
+        return min(self.rank, info.max_rank)
+
+
+@dataclass(frozen=True)
+class RankRatio:
+    """Uniform ("local") policy: ``max(1, floor(ratio · min(m, n)))`` in every layer."""
+
+    ratio: float
+
+    def __post_init__(self) -> None:
+        _frac(self.ratio, "ratio")
+
+    def __call__(self, info: LayerInfo) -> int:
+        return linalg.rank_for_ratio(info.max_rank, self.ratio)
+
+
+@dataclass(frozen=True)
+class EnergyThreshold:
+    """Smallest rank whose ``Σ_{i<=r} S_i² / Σ S²`` is at least ``energy``."""
+
+    energy: float
+
+    def __post_init__(self) -> None:
+        _frac(self.energy, "energy")
+
+    def __call__(self, info: LayerInfo) -> int:
+        return linalg.rank_for_energy(info.S, self.energy)
+
+
+@dataclass(frozen=True)
+class GlobalThreshold:
+    """Paper's "global" policy: keep singular values with ``S_i / S_1 >= rel_sigma``."""
+
+    rel_sigma: float
+
+    def __post_init__(self) -> None:
+        _frac(self.rel_sigma, "rel_sigma", lo_open=False)
+
+    def __call__(self, info: LayerInfo) -> int:
+        return linalg.rank_for_rel_sigma(info.S, self.rel_sigma)
+
+
+@dataclass(frozen=True)
+class ParamBudget:
+    """Deployable weight params of the targeted layers ``<= fraction`` of their dense params."""
+
+    fraction: float
+
+    def __post_init__(self) -> None:
+        _frac(self.fraction, "fraction")
+
+
+@dataclass(frozen=True)
+class MacBudget:
+    """Deployable MACs per sample of the targeted layers ``<= fraction`` of their dense MACs.
+
+    ``example_inputs``: a tensor or tuple of tensors the model accepts (batch of any size; MACs
+    are per sample), used to find each layer's output positions.
+    """
+
+    fraction: float
+    example_inputs: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _frac(self.fraction, "fraction")
+        if self.example_inputs is None:
+            raise ValueError("MacBudget needs `example_inputs` (e.g. torch.zeros(1, 3, 32, 32))")
+
+
+RankPolicy = FixedRank | RankRatio | EnergyThreshold | GlobalThreshold | ParamBudget | MacBudget
+_LAYER_POLICIES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold)
+
+
+def deployable_cost(m: int, n: int, rank: int) -> int:
+    """Weight params of a rank-``rank`` layer in its deployable form: ``min(r·(m+n), m·n)``."""
+    return min(linalg.low_rank_params(m, n, rank), m * n)
+
+
+_ATTENTION = (nn.MultiheadAttention, FactorizedMultiheadAttention)
+
+
+def _positions(model: nn.Module, names: list[str], example_inputs: Any) -> dict[str, int]:
+    inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+    first = next((t for t in inputs if isinstance(t, Tensor)), None)
+    batch = first.shape[0] if first is not None and first.dim() > 0 else 1
+    modules = dict(model.named_modules())
+    found: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str) -> Callable:
+        def fn(mod: nn.Module, args: Any, out: Tensor) -> None:
+            if isinstance(mod, _ATTENTION):  # `attn.in_proj` / `attn.out_proj`: one position per token
+                out = out[0]
+                found[name] = found.get(name, 0) + out.numel() // out.shape[-1]
+                return
+            w = effective_weight(mod)
+            found[name] = found.get(name, 0) + out.numel() // w.shape[0]
+
+        return fn
+
+    for n in names:
+        # a projection of nn.MultiheadAttention is read as a tensor: hook the attention itself
+        parent = modules.get(n.rpartition(".")[0])
+        target = parent if isinstance(parent, _ATTENTION) else modules[n]
+        handles.append(target.register_forward_hook(hook(n)))
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(
+            f"layers {missing} were not called by the forward pass on `example_inputs`; "
+            f"exclude them or check the inputs"
+        )
+    return {n: max(1, v // max(batch, 1)) for n, v in found.items()}
+
+
+def layer_infos(
+    model: nn.Module,
+    target_modules: Targets = None,
+    exclude_modules: Targets = None,
+    example_inputs: Any = None,
+) -> list[LayerInfo]:
+    """Spectra and shapes of the targeted layers (positions filled when ``example_inputs`` given)."""
+    layers = weight_layers(model, target_modules, exclude_modules)
+    infos = []
+    pos = _positions(model, [n for n, _ in layers], example_inputs) if example_inputs is not None else {}
+    for fqn, mod in layers:
+        w = effective_weight(mod)
+        try:
+            linalg.ensure_finite(w, "weight")
+        except ValueError as exc:
+            raise ValueError(f"`{fqn}`: {exc}") from None
+        mat = linalg.matricize(w)
+        S = torch.linalg.svdvals(mat.to(linalg._compute_dtype(mat))).cpu()
+        infos.append(LayerInfo(fqn, S, (int(mat.shape[0]), int(mat.shape[1])), pos.get(fqn)))
+    return infos
+
+
+def _budget_ranks(infos: list[LayerInfo], fraction: float, use_macs: bool) -> dict[str, int]:
+    def weight(info: LayerInfo) -> int:
+        return (info.positions or 1) if use_macs else 1
+
+    ranks = {i.name: i.max_rank for i in infos}
+    dense_total = sum(i.shape[0] * i.shape[1] * weight(i) for i in infos)
+    budget = fraction * dense_total
+
+    def cost(i: LayerInfo, r: int) -> int:
+        return deployable_cost(i.shape[0], i.shape[1], r) * weight(i)
+
+    current = {i.name: cost(i, ranks[i.name]) for i in infos}
+    total = sum(current.values())
+    if total <= budget:
+        return ranks
+    # Candidates: drop singular value j (j >= 1, keep at least rank 1) of each layer; score =
+    # normalized energy lost per unit of cost saved; within a layer the order is the tail first.
+    cands: list[tuple[float, int, int, LayerInfo]] = []
+    for li, info in enumerate(infos):
+        sq = info.S.double() ** 2
+        tot = float(sq.sum()) or 1.0
+        per_rank = (info.shape[0] + info.shape[1]) * weight(info)
+        for j in range(1, info.max_rank):
+            cands.append((float(sq[j]) / tot / per_rank, li, -j, info))
+    cands.sort(key=lambda c: (c[0], c[1], c[2]))
+    # Greedy in score order, but respect per-layer tail-first order (scores are monotone within a
+    # layer, ties broken by index so the tail goes first).
+    for _, _, neg_j, info in cands:
+        j = -neg_j
+        if ranks[info.name] != j + 1:
+            # Only possible with exactly tied scores across indices; take the tail element.
+            j = ranks[info.name] - 1
+            if j < 1:
+                continue
+        ranks[info.name] = j
+        new = cost(info, j)
+        total += new - current[info.name]
+        current[info.name] = new
+        if total <= budget:
+            return ranks
+    floor = sum(cost(i, 1) for i in infos) / dense_total
+    raise ValueError(
+        f"budget {fraction:g} cannot be met: even rank 1 in every targeted layer keeps "
+        f"{floor:.4f} of the dense {'MACs' if use_macs else 'params'}; raise the budget or target more layers"
+    )
+
+
+def select_ranks(
+    model: nn.Module,
+    policy: RankPolicy,
+    target_modules: Targets = None,
+    exclude_modules: Targets = None,
+) -> dict[str, int]:
+    """Choose an integer rank for every targeted layer.
+
+    Args:
+        model: merged or factorized model (factorized layers are merged for the SVD).
+        policy: a rank policy dataclass (see module docstring) or a string for
+            :func:`parse_policy`.
+        target_modules, exclude_modules: which layers (default: every Linear/Conv2d).
+
+    Returns:
+        ``{fqn: rank}`` with ``1 <= rank <= min(m, n)``, in module order.
+
+    Raises:
+        ValueError / TypeError: unknown policy, no layer matched, non-finite weights, or an
+            infeasible budget.
+    """
+    if isinstance(policy, str):
+        policy = parse_policy(policy)
+    if isinstance(policy, _LAYER_POLICIES):
+        infos = layer_infos(model, target_modules, exclude_modules)
+        return {i.name: int(policy(i)) for i in infos}
+    if isinstance(policy, ParamBudget):
+        infos = layer_infos(model, target_modules, exclude_modules)
+        return _budget_ranks(infos, policy.fraction, use_macs=False)
+    if isinstance(policy, MacBudget):
+        infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
+        return _budget_ranks(infos, policy.fraction, use_macs=True)
+    raise TypeError(
+        f"unknown rank policy {policy!r}; use FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, "
+        f"ParamBudget or MacBudget"
+    )
+
+
+_POLICY_NAMES: Mapping[str, str] = {
+    "rank": "FixedRank(rank: int)",
+    "ratio": "RankRatio(ratio in (0, 1])",
+    "energy": "EnergyThreshold(energy in (0, 1])",
+    "global": "GlobalThreshold(rel_sigma in [0, 1])",
+    "params": "ParamBudget(fraction in (0, 1])",
+    "macs": "MacBudget(fraction in (0, 1]; needs example inputs)",
+}
+
+
+def policy_string(policy: RankPolicy) -> str:
+    """The CLI string of a policy, the inverse of :func:`parse_policy` (``EnergyThreshold(0.99)``
+    -> ``"energy:0.99"``; a MacBudget's ``example_inputs`` are not part of it).
+
+    Raises:
+        TypeError: not a rank policy.
+    """
+    pairs = {
+        FixedRank: ("rank", "rank"),
+        RankRatio: ("ratio", "ratio"),
+        EnergyThreshold: ("energy", "energy"),
+        GlobalThreshold: ("global", "rel_sigma"),
+        ParamBudget: ("params", "fraction"),
+        MacBudget: ("macs", "fraction"),
+    }
+    if type(policy) not in pairs:
+        raise TypeError(f"not a rank policy: {type(policy).__name__}; e.g. EnergyThreshold(0.99)")
+    kind, attr = pairs[type(policy)]
+    return f"{kind}:{getattr(policy, attr):g}"
+
+
+def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
+    """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
+    ``params:0.05``, ``macs:0.1`` (``macs`` needs ``example_inputs``).
+
+    Raises:
+        ValueError: unknown kind or bad value (the message lists the valid forms).
+    """
+    valid = "; ".join(f"{k}:<{v}>" for k, v in _POLICY_NAMES.items())
+    if not isinstance(text, str) or ":" not in text:
+        raise ValueError(f"invalid policy {text!r}; expected kind:value, one of: {valid}")
+    kind, _, raw = text.partition(":")
+    kind = kind.strip().lower()
+    if kind not in _POLICY_NAMES:
+        raise ValueError(f"unknown policy kind {kind!r} in {text!r}; expected one of: {valid}")
+    try:
+        value: float = int(raw) if kind == "rank" else float(raw)
+    except ValueError:
+        raise ValueError(f"invalid value {raw!r} in policy {text!r}; expected {_POLICY_NAMES[kind]}") from None
+    if kind == "rank":
+        return FixedRank(int(value))
+    if kind == "ratio":
+        return RankRatio(value)
+    if kind == "energy":
+        return EnergyThreshold(value)
+    if kind == "global":
+        return GlobalThreshold(value)
+    if kind == "params":
+        return ParamBudget(value)
+    return MacBudget(value, example_inputs=example_inputs)
