@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from lorita.finetune import DistillConfig, FinetuneConfig, finetune
-from lorita.pipeline import load_run, make_loaders, model_row
 from lorita.ranks.policies import ParamBudget, select_ranks
+from lorita.runs.folder import load_run, make_loaders, model_row
 from lorita.surgery import to_low_rank
 
 BUDGET = 0.05

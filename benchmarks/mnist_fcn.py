@@ -25,9 +25,11 @@ import torch
 
 from lorita.finetune import FinetuneConfig, finetune
 from lorita.io import atomic_write_text
-from lorita.pipeline import load_data, load_run, make_loaders, model_row, sweep_run, train_run
 from lorita.runs.config import TrainConfig
+from lorita.runs.folder import load_data, load_run, make_loaders, model_row
 from lorita.runs.plots import plot_sweeps
+from lorita.runs.sweep import sweep_run
+from lorita.runs.train import train_run
 from lorita.surgery import to_low_rank
 
 BUDGETS = [0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5]

@@ -29,12 +29,12 @@ import torch
 from lorita import io
 from lorita.counting import count_macs
 from lorita.finetune import DistillConfig, FinetuneConfig
-from lorita.pipeline import load_run
 from lorita.quantize import file_bytes
 from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.ranks.search import BatchEvaluator, GreedySearch
+from lorita.runs.compress import add_int8, run_search
+from lorita.runs.folder import load_run, model_row
 from lorita.runs.markdown import pct
-from lorita.search_pipeline import add_int8, model_row, run_search
 from lorita.surgery import to_low_rank
 
 GRIDS = {

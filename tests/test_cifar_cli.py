@@ -9,10 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from _cifar_files import write_bin  # noqa: I001  (tests/ is on sys.path under pytest)
-from lorita import pipeline
 from lorita.cli import main
-from lorita.pipeline import compress_run, train_run
+from lorita.models import build_model
+from lorita.runs import train as train_mod
+from lorita.runs.compress import compress_run
 from lorita.runs.config import TrainConfig
+from lorita.runs.train import train_run
 
 TINY = {
     "resnet20": {"width": 2},
@@ -50,12 +52,12 @@ def test_each_model_trains_merges_and_compresses(cifar_dir, tmp_path, name):
     if name != "vit":  # CNNs: every counted MAC is in a targeted layer
         assert low["macs"] <= 0.5 * dense["macs"]
     merged = load_file(tmp_path / "cmp" / "merged.safetensors")
-    fresh = pipeline.build_model(name, num_classes=10, **TINY[name])
+    fresh = build_model(name, num_classes=10, **TINY[name])
     fresh.load_state_dict(merged, strict=True)  # merged weights load into the plain class
 
 
 def _interrupting(after: int):
-    real = pipeline.train_one_epoch
+    real = train_mod.train_one_epoch
     calls = {"n": 0}
 
     def fake(*args, **kwargs):
@@ -70,7 +72,7 @@ def _interrupting(after: int):
 def test_resume_equals_uninterrupted(cifar_dir, tmp_path, monkeypatch):
     cfg = _cfg(cifar_dir)
     full = train_run(cfg, tmp_path / "full", progress=False)
-    monkeypatch.setattr(pipeline, "train_one_epoch", _interrupting(after=2))
+    monkeypatch.setattr(train_mod, "train_one_epoch", _interrupting(after=2))
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, tmp_path / "cut", progress=False)
     assert not (tmp_path / "cut" / "model.safetensors").exists()

@@ -9,19 +9,19 @@ from safetensors.torch import load_file
 from _cifar_files import write_bin
 from lorita import factorize, merge
 from lorita.models import build_model
-from lorita.pipeline import train_run
+from lorita.runs.train import train_run
 from test_cifar_cli import _cfg, _interrupting  # noqa: I001
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 def test_cuda_amp_training_and_resume(tmp_path, monkeypatch):
-    from lorita import pipeline
+    from lorita.runs import train as train_mod
 
     write_bin(tmp_path / "cifar")
     cfg = _cfg(tmp_path / "cifar", device="cuda", amp=True)
     full = train_run(cfg, tmp_path / "full", progress=False)
-    monkeypatch.setattr(pipeline, "train_one_epoch", _interrupting(after=1))
+    monkeypatch.setattr(train_mod, "train_one_epoch", _interrupting(after=1))
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, tmp_path / "cut", progress=False)
     monkeypatch.undo()

@@ -80,7 +80,7 @@ def test_cli_export_compressed_folder(compressed_run, tmp_path, capsys):  # noqa
     msg = capsys.readouterr().out
     assert "exported low_rank model" in msg and "max |diff|" in msg
     # onnxruntime on a fresh batch equals the low-rank PyTorch model rebuilt from the folder
-    from lorita.export import _model_from_compressed
+    from lorita.runs.export import _model_from_compressed
 
     model, shape = _model_from_compressed(compressed_run, "low_rank")
     assert shape == (1, 28, 28)
@@ -113,7 +113,7 @@ def test_cli_export_searched_folder(trained_run, fake_mnist, tmp_path):  # noqa:
                  "--out", str(searched), "--data-dir", str(fake_mnist)]) == 0
     out = tmp_path / "s.onnx"
     assert main(["export", str(searched), "--onnx", str(out)]) == 0
-    from lorita.export import _model_from_compressed
+    from lorita.runs.export import _model_from_compressed
 
     model, shape = _model_from_compressed(searched, "low_rank")
     worst, within = onnx_max_abs_diff(model, out, torch.randn(2, *shape))

@@ -96,7 +96,7 @@ def test_compress_search_finetune_distill_int8_artefacts(trained, tmp_path, caps
     assert sizes["dense"] > sizes["low_rank"] > sizes["int8"]
     # the saved low-rank weights are the fine-tuned ones the search judged: same val accuracy
     low = lorita.load(FCN(hidden=(64, 64)), out / "low_rank.safetensors")
-    from lorita.pipeline import load_run
+    from lorita.runs.folder import load_run
 
     run = load_run(trained)
     assert lorita.BatchEvaluator(run.val)(low)["acc"] == pytest.approx(rep["low_rank"]["val_acc"])

@@ -70,7 +70,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--exclude-modules", type=_targets, default=None, help="regex or comma list of layer names")
         g.add_argument("--init", choices=["default", "preserve"], default=d.init, help="factor init (%(default)s)")
     g = p.add_argument_group("optimization")
-    from lorita.summary import DEMO_RECIPE
+    from lorita.runs.demo import DEMO_RECIPE
 
     r = DEMO_RECIPE if demo else {}
     g.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], default=r.get("optimizer", d.optimizer))
@@ -132,7 +132,7 @@ def _config_from(args: argparse.Namespace, **over: Any):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lorita import distributed
-    from lorita.pipeline import train_run
+    from lorita.runs.train import train_run
 
     cfg = _config_from(args)  # validates the flags before any process is started
     if args.nproc < 1:
@@ -149,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from lorita.pipeline import compress_run
+    from lorita.runs.compress import compress_run
+    from lorita.runs.folder import RunFolder
 
     if args.search is not None:
         return cmd_compress_search(args)
@@ -157,10 +158,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise ValueError("give a rank policy (--policy energy:0.99 ...) or --search greedy --tolerance 1.0")
     if args.quantize is not None:
         _check_quantize(args.quantize)
-    out = args.out or str(Path(args.run) / "compressed")
+    out = args.out or str(RunFolder(args.run).default_out("compress"))
     rep = compress_run(args.run, args.policy, out, data_dir=args.data_dir, device=args.device)
     if args.quantize is not None:
-        from lorita.search_pipeline import quantize_compressed
+        from lorita.runs.compress import quantize_compressed
 
         rep = quantize_compressed(out, data_dir=args.data_dir)
         q = rep["int8"]
@@ -176,19 +177,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from lorita.pipeline import sweep_run
+    from lorita.runs.folder import RunFolder
+    from lorita.runs.sweep import sweep_run
 
-    out = args.out or str(Path(args.run) / f"sweep-{args.policy}")
+    out = args.out or str(RunFolder(args.run).default_out("sweep", args.policy))
     res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
                     progress=not args.no_progress, search_tolerances=args.search_tolerances,
                     device=args.device)
-    print((Path(out) / "sweep.md").read_text())
+    print((Path(out) / RunFolder.SWEEP_MD).read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lorita.summary import report_runs
+    from lorita.runs.report import report_runs
 
     path = report_runs(args.runs, args.out, data_dir=args.data_dir, labels=args.labels, device=args.device,
                        progress=not args.no_progress)
@@ -197,7 +199,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lorita.summary import run_demo
+    from lorita.runs.demo import run_demo
 
     cfg = _config_from(args, model="fcn", dataset="mnist", depth=1)
     text = run_demo(cfg, args.out, depths=tuple(args.depths), budgets=args.budgets, progress=not args.no_progress)
@@ -206,7 +208,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lorita.export import ONNX_ATOL, ONNX_RTOL, export_dir
+    from lorita.export import ONNX_ATOL, ONNX_RTOL
+    from lorita.runs.export import export_dir
 
     # torch.onnx warns about optional torchvision ops it skips and its own internal deprecations;
     # neither is actionable here.
@@ -254,14 +257,15 @@ def _search_config(args: argparse.Namespace):
 
 
 def cmd_compress_search(args: argparse.Namespace) -> int:
-    from lorita.search_pipeline import compress_search_run
+    from lorita.runs.compress import compress_search_run
+    from lorita.runs.folder import RunFolder
 
     if args.policy is not None:
         raise ValueError("give either --policy (one-shot) or --search (greedy), not both")
     if args.quantize is not None:
         _check_quantize(args.quantize)
     cfg = _search_config(args)
-    out = args.out or str(Path(args.run) / "searched")
+    out = args.out or str(RunFolder(args.run).default_out("search"))
     rep = compress_search_run(args.run, out, cfg, data_dir=args.data_dir, quantize=args.quantize,
                               val_samples=args.val_samples, exclude_modules=args.exclude_modules,
                               progress=not args.no_progress, device=args.device)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["compress_markdown", "sweep_markdown", "side_by_side", "pct"]
+from lorita.ranks.search import points
+
+__all__ = ["compress_markdown", "search_markdown", "sweep_markdown", "side_by_side", "pct"]
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -87,4 +89,38 @@ def side_by_side(sweeps: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> 
             change = 100 * (r["test_acc"] - s["dense"]["test_acc"])
             cells.append(f"{pct(r['test_acc'])} ({change:+.2f}) | {r['weight_params']:,}")
         lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def search_markdown(report: dict[str, Any]) -> str:
+    """Markdown of a greedy-search ``lorita compress`` report (the ``report.json`` dict)."""
+    rows = [report["dense"], report["low_rank"]] + ([report["int8"]] if report.get("int8") else [])
+    s = report["search"]
+    lines = [
+        f"# lorita compress — greedy rank search, tolerance {points(s['config']['tolerance'])}",
+        "",
+        f"Run: `{report['run']}`. Ranks chosen on the validation split ({report['val_samples']} images); "
+        f"test accuracy reported once, never used. MACs per sample (FLOPs = 2·MACs). Bytes: files on disk.",
+        "",
+        "| model | val acc % | test acc % | params | MACs/sample | % MACs | bytes on disk |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {pct(r['val_acc'])} | {pct(r['test_acc'])} | {r['params']:,} | "
+            f"{r['macs']:,} | {pct(r['macs_frac'], 1)} | {r.get('bytes', 0):,} |"
+        )
+    lines += [
+        "",
+        f"Search: reference val acc {pct(s['reference']['acc'])}%, final {pct(s['final']['acc'])}%; "
+        f"{s['evaluations']} evaluations, {s['finetunes']} fine-tunes, {s['wall_seconds']:.1f} s. "
+        f"Stopped: {s['stop_reason']}.",
+        "",
+        "| layer | rank | form |",
+        "|---|---:|---|",
+        *[f"| {k} | {v} | {s['forms'][k]} |" for k, v in s["ranks"].items()],
+        "",
+        "Trace: `search_trace.json`.",
+        "",
+    ]
     return "\n".join(lines)
