@@ -1,0 +1,106 @@
+"""``lorita sweep``: accuracy vs cost for many points of one policy kind (and, optionally,
+greedy-searched points) from one trained run; writes ``sweep.json``, ``sweep.md``, ``sweep.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lorita import io
+from lorita._files import write_json
+from lorita.ranks.policies import parse_policy, select_ranks
+from lorita.ranks.search import GreedySearch
+from lorita.runs.compress import run_search
+from lorita.runs.folder import LoadedRun, RunFolder, evaluate_point, load_run, model_row
+from lorita.runs.markdown import sweep_markdown
+from lorita.runs.plots import plot_sweeps
+
+__all__ = ["DEFAULT_POINTS", "sweep_run", "search_points"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POINTS: dict[str, list[float]] = {
+    "energy": [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999],
+    "ratio": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
+    "global": [0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.0],
+    "params": [0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5],
+    "macs": [0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5],
+}
+
+
+def sweep_run(
+    run_dir: str | Path,
+    policy_kind: str,
+    points: Sequence[float] | None,
+    out_dir: str | Path,
+    data_dir: str | None = None,
+    progress: bool = True,
+    run: LoadedRun | None = None,
+    search_tolerances: Sequence[float] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Accuracy vs cost for many points of one policy kind from one trained model.
+
+    With ``search_tolerances`` (accuracy points), the greedy rank search (:func:`lorita.search`)
+    also runs once per tolerance; its points go to ``search_points`` and onto the same plot.
+    Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``out_dir``.
+    """
+    if policy_kind not in DEFAULT_POINTS and policy_kind != "rank":
+        raise ValueError(f"unknown policy kind {policy_kind!r}; choose one of {sorted(DEFAULT_POINTS) + ['rank']}")
+    pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
+    if not pts:
+        raise ValueError(f"give --points for policy {policy_kind!r}")
+    run = run or load_run(run_dir, data_dir, device=device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dense_row, _ = evaluate_point(run, None, "dense")
+    rows = []
+    for p in tqdm(pts, desc=f"sweep {policy_kind}", disable=not progress, leave=False):
+        text = f"{policy_kind}:{int(p) if policy_kind == 'rank' else p}"
+        pol = parse_policy(text, example_inputs=run.example_inputs)
+        try:
+            ranks = select_ranks(run.dense, pol, *run.targets)
+        except ValueError as exc:  # an infeasible budget is a point we cannot reach, not a crash
+            logger.warning("sweep: %s skipped: %s", text, exc)
+            continue
+        row, _ = evaluate_point(run, ranks, text)
+        row["point"] = p
+        rows.append(row)
+    result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
+              "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows}
+    series, labels = [result], [f"depth {run.cfg.depth}"]
+    if search_tolerances:
+        result["search_points"] = search_points(run, search_tolerances, progress=progress)
+        series.append({"dense": dense_row, "points": result["search_points"]})
+        labels = [f"depth {run.cfg.depth}, {policy_kind}", f"depth {run.cfg.depth}, greedy search"]
+    write_json(out / RunFolder.SWEEP, result)
+    md = sweep_markdown(result)
+    if search_tolerances:
+        md += "\n" + sweep_markdown({**result, "policy": "greedy search (tolerance, points)",
+                                     "points": result["search_points"]})
+    io.atomic_write_text(out / RunFolder.SWEEP_MD, md)
+    plot_sweeps(series, out / RunFolder.SWEEP_PNG, labels=labels)
+    return result
+
+
+def search_points(
+    run: LoadedRun,
+    tolerances: Sequence[float],
+    base: GreedySearch | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Searched points for ``lorita sweep``: one greedy search per tolerance (points), as rows."""
+    base = base or GreedySearch()
+    rows = []
+    for tol in tolerances:
+        res = run_search(run, dataclasses.replace(base, tolerance=float(tol)), progress=progress)
+        row = model_row(run, res.model, f"search:{tol:g}", res.ranks)
+        row["point"] = float(tol)
+        rows.append(row)
+    return rows
