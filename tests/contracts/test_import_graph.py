@@ -155,3 +155,15 @@ def test_source_file_and_function_sizes(path: Path):
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_tests_mirror_the_source_layout():
+    """Each subpackage of src/lorita has tests/<name>/ with tests in it, and no test folder is orphaned."""
+    tests = Path(__file__).resolve().parents[1]
+    subpackages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    missing = sorted(s for s in subpackages if not list((tests / s).glob("test_*.py")))
+    assert not missing, f"subpackages without tests/<name>/test_*.py: {missing}"
+    assert folders - subpackages <= {"contracts"}, f"test folders with no source package: {folders - subpackages}"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), "test file names must be unique (rootdir import mode)"

@@ -16,7 +16,7 @@ from lorita.finetune import FinetuneConfig
 from lorita.models import FCN
 from lorita.ranks.search import BatchEvaluator, GreedySearch, parse_budget, search, svd_of_product
 
-MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"
 X1 = torch.zeros(1, 1, 28, 28)
 
 

@@ -24,7 +24,7 @@ from lorita.data.cifar10 import (
 # the opt-in real-data test: LORITA_CIFAR10_DIR, else a `shared/data` folder beside the checkout
 REAL = Path(
     os.environ.get("LORITA_CIFAR10_DIR")
-    or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-10-batches-bin"
+    or Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar-10-batches-bin"
 )
 
 
