@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lorita.layers import FactorizedConv2d, FactorizedLinear, LowRankConv2d, LowRankLinear
-from lorita.layers.attention import FactorizedMultiheadAttention
+from lorita.layers import FactorizedLayer, LowRankLayer
 from lorita.layers.transposed import is_transposed_linear
+from lorita.targeting import is_inside
 
 __all__ = ["LayerCost", "CostReport", "count_params", "count_macs", "ROW_TYPES"]
 
@@ -33,11 +33,8 @@ ROW_TYPES: tuple[type, ...] = (
     nn.Conv3d,
     nn.MultiheadAttention,
     nn.Embedding,
-    FactorizedLinear,
-    FactorizedConv2d,
-    LowRankLinear,
-    LowRankConv2d,
-    FactorizedMultiheadAttention,
+    FactorizedLayer,
+    LowRankLayer,
 )
 
 
@@ -108,7 +105,7 @@ def _row_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for fqn, mod in model.named_modules():
         if fqn == "" or not (isinstance(mod, ROW_TYPES) or is_transposed_linear(mod)):
             continue
-        if any(fqn.startswith(t + ".") for t in taken):
+        if is_inside(fqn, taken):
             continue  # inside a row module (e.g. the two halves of a LowRankLinear)
         rows.append((fqn, mod))
         taken.append(fqn)
@@ -134,9 +131,8 @@ def count_params(model: nn.Module) -> CostReport:
                 fqn,
                 type(mod).__name__,
                 _unique_numel(mod.parameters(), seen),
-                rank=getattr(mod, "rank", None) if isinstance(mod, (LowRankLinear, LowRankConv2d)) else None,
-                depth=getattr(mod, "depth", None) if isinstance(mod, (FactorizedLinear, FactorizedConv2d,
-                                                                     FactorizedMultiheadAttention)) else None,
+                rank=mod.rank if isinstance(mod, LowRankLayer) else None,
+                depth=mod.depth if isinstance(mod, FactorizedLayer) else None,
             )
         )
     other = _unique_numel(model.parameters(), seen)

@@ -39,13 +39,16 @@ from lorita.distributed import unwrap
 from lorita.layers import (
     FactorizedConv1d,
     FactorizedConv2d,
+    FactorizedLayer,
     FactorizedLinear,
     LowRankConv1d,
     LowRankConv2d,
+    LowRankLayer,
     LowRankLinear,
 )
 from lorita.layers.attention import FactorizedMultiheadAttention
 from lorita.layers.transposed import FactorizedTransposedLinear, LowRankTransposedLinear, is_transposed_linear
+from lorita.targeting import is_inside
 
 __all__ = ["save", "load", "read_manifest", "manifest_of", "atomic_write_text", "atomic_target", "FORMAT_VERSION"]
 
@@ -57,8 +60,8 @@ _KINDS: dict[str, type] = {
         FactorizedMultiheadAttention, LowRankLinear, LowRankConv1d, LowRankConv2d, LowRankTransposedLinear,
     )
 }
-_FACTORIZED = (FactorizedLinear, FactorizedConv2d, FactorizedMultiheadAttention)
-_LOW_RANK = (LowRankLinear, LowRankConv2d)
+_FACTORIZED = (FactorizedLayer,)
+_LOW_RANK = (LowRankLayer,)
 
 
 def _dense_kind_ok(kind: str, mod: nn.Module) -> bool:
@@ -98,7 +101,7 @@ def manifest_of(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> 
     """
     layers: dict[str, dict[str, Any]] = {}
     for fqn, mod in model.named_modules():
-        if any(fqn.startswith(done + ".") for done in layers):
+        if is_inside(fqn, layers):
             continue  # inside a recorded layer (the projections of a factorized attention)
         if isinstance(mod, _FACTORIZED):
             layers[fqn] = {"form": "factorized", "kind": type(mod).__name__, "depth": mod.depth}
@@ -204,18 +207,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def _low_rank_skeleton(cls: type, mod: nn.Module, rank: int) -> nn.Module:
     """An empty low-rank layer of the right shapes for ``mod`` (the weights come from the file)."""
-    w = mod.weight
-    kw = {"device": w.device, "dtype": w.dtype}
-    if cls is LowRankTransposedLinear:
-        new = cls(int(w.shape[0]), int(w.shape[1]), rank, mod.bias is not None, dense_cls=type(mod), **kw)
-    elif cls is LowRankLinear:
-        new = cls(mod.in_features, mod.out_features, rank, mod.bias is not None, **kw)
-    else:
-        new = cls(
-            mod.in_channels, mod.out_channels, mod.kernel_size, rank, mod.stride, mod.padding, mod.dilation,
-            mod.bias is not None, mod.padding_mode, **kw,
-        )
-    return new.train(mod.training)
+    return cls._empty_like(mod, rank).train(mod.training)
 
 
 def _rebuild(model: nn.Module, layers: Mapping[str, Any], path: Path) -> None:
@@ -271,7 +263,7 @@ def _lorita_layers(model: nn.Module) -> list[tuple[str, str]]:
     """``[(fqn, kind)]`` of the factorized/low-rank layers already in ``model`` (outermost only)."""
     found: list[tuple[str, str]] = []
     for fqn, mod in model.named_modules():
-        if isinstance(mod, tuple(_KINDS.values())) and not any(fqn.startswith(d + ".") for d, _ in found):
+        if isinstance(mod, tuple(_KINDS.values())) and not is_inside(fqn, [d for d, _ in found]):
             found.append((fqn, type(mod).__name__))
     return found
 
@@ -291,7 +283,7 @@ def _layer_of(key: str) -> str:
 
 def _describe(layers: Mapping[str, Any], fqn: str) -> str:
     for name, spec in layers.items():
-        if fqn == name or fqn.startswith(name + "."):
+        if fqn == name or is_inside(fqn, [name]):
             detail = f"depth {spec.get('depth')}" if spec.get("form") == "factorized" else f"rank {spec.get('rank')}"
             return f" (the manifest says `{name}` is {spec.get('kind')} {detail})"
     return ""

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "svd_of_product",
     "matricize",
     "unmatricize",
     "merge_factors",
@@ -100,9 +101,7 @@ def merge_factors(factors: Sequence[Tensor]) -> Tensor:
     for i, f in enumerate(factors[1:], start=2):
         f = matricize(f)
         if f.shape[1] != acc.shape[0]:
-            raise ValueError(
-                f"factor F_{i} has shape {tuple(f.shape)} but F_{i - 1}⋯F_1 has {acc.shape[0]} rows"
-            )
+            raise ValueError(f"factor F_{i} has shape {tuple(f.shape)} but F_{i - 1}⋯F_1 has {acc.shape[0]} rows")
         acc = f.to(torch.float64) @ acc
     return acc.to(out_dtype)
 
@@ -264,3 +263,31 @@ def ensure_finite(t: Tensor, name: str) -> None:
             f"`{name}` holds {bad} non-finite value(s) (NaN/Inf); the layer cannot be merged or "
             f"decomposed. Check the training run (learning rate, loss scaling) or exclude the layer."
         )
+
+
+def svd_of_product(b: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of ``W = B @ A`` without forming ``W``: exact and cheap for thin factors.
+
+    With ``B = Q_b R_b`` and ``Aᵀ = Q_a R_a`` (reduced QR), ``W = Q_b (R_b R_aᵀ) Q_aᵀ``; the SVD of
+    the small ``r×r`` core ``u s vhᵀ`` gives ``U = Q_b u``, ``S = s``, ``Vh = vh Q_aᵀ``. Cost
+    ``O((m + n)·r²)`` instead of ``O(m·n·min(m, n))``. Used to re-truncate a fine-tuned low-rank
+    layer (whose rank is at most ``r``).
+
+    Args:
+        b: ``(m, r)`` — the second (output-side) factor. a: ``(r, n)`` — the first factor.
+
+    Returns:
+        ``U (m, r)``, ``S (r,)`` descending, ``Vh (r, n)`` in float32/float64.
+
+    Raises:
+        ValueError: inner dimensions differ or a factor is not finite.
+    """
+    if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
+        raise ValueError(f"svd_of_product needs B (m, r) and A (r, n); got {tuple(b.shape)} and {tuple(a.shape)}")
+    ensure_finite(b, "B")
+    ensure_finite(a, "A")
+    dt = _compute_dtype(b)
+    qb, rb = torch.linalg.qr(b.detach().to(dt))
+    qa, ra = torch.linalg.qr(a.detach().to(dt).T)
+    u, s, vh = torch.linalg.svd(rb @ ra.T)
+    return qb @ u, s, vh @ qa.T

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from lorita.layers import FactorizedConv2d, FactorizedLinear
+from lorita.layers import FactorizedLayer
 
 __all__ = ["param_groups", "Decay"]
 
@@ -44,8 +44,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay: Decay = "all") ->
         raise ValueError(f"`decay` must be 'all', 'weights' or 'factors', got {decay!r}")
     factor_ids = set()
     for mod in model.modules():
-        if isinstance(mod, (FactorizedLinear, FactorizedConv2d)):
-            factor_ids.update(id(p) for p in mod.factors)
+        if isinstance(mod, FactorizedLayer):
+            factor_ids.update(id(p) for p in mod.factor_parameters())
     yes, no, seen = [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:

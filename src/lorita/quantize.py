@@ -106,15 +106,12 @@ def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
 def _check_quantizable(model: nn.Module) -> None:
     """Raise if ``model`` still has factorized layers (their factors would stay float) or has no
     ``nn.Linear`` at all (nothing would be quantized)."""
-    from lorita.layers import FactorizedConv1d, FactorizedConv2d, FactorizedLinear
-    from lorita.layers.attention import FactorizedMultiheadAttention
-    from lorita.layers.transposed import FactorizedTransposedLinear
+    from lorita.layers import FactorizedLayer
+    from lorita.targeting import is_inside
 
-    factorized = (FactorizedLinear, FactorizedConv1d, FactorizedConv2d, FactorizedTransposedLinear,
-                  FactorizedMultiheadAttention)
     found: list[tuple[str, str]] = []
     for fqn, m in model.named_modules():
-        if isinstance(m, factorized) and not any(fqn.startswith(f + ".") for f, _ in found if f):
+        if isinstance(m, FactorizedLayer) and not is_inside(fqn, [f for f, _ in found]):
             found.append((fqn, type(m).__name__))
     if found:
         more = f" and {len(found) - 4} more" if len(found) > 4 else ""

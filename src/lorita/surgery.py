@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lorita import linalg
 from lorita.layers import ForwardMode, Init, kinds
 from lorita.layers.attention import PROJECTIONS, FactorizedMultiheadAttention, ProjectionView
-from lorita.targeting import TargetPlan, Targets, find_targets
+from lorita.targeting import TargetPlan, Targets, find_targets, is_inside
 
 __all__ = [
     "factorize",
@@ -88,7 +88,7 @@ def _drop_inner_skips(plan: TargetPlan) -> TargetPlan:
     """Forget skip reasons of modules inside a target (e.g. ``attn.out_proj`` when ``attn`` is one)."""
     names = plan.names
     plan.skipped = {
-        fqn: why for fqn, why in plan.skipped.items() if not any(fqn.startswith(n + ".") for n in names)
+        fqn: why for fqn, why in plan.skipped.items() if not is_inside(fqn, names)
     }
     return plan
 
@@ -169,7 +169,7 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
     work = _work_copy(model, inplace)
     new: dict[str, nn.Module] = {}
     for fqn, mod in work.named_modules():
-        if any(fqn.startswith(done + ".") for done in new):
+        if is_inside(fqn, new):
             continue  # inside a layer merged as a whole (the projections of an attention module)
         if isinstance(mod, FACTORIZED_TYPES + LOW_RANK_TYPES):
             try:
@@ -228,7 +228,7 @@ def weight_layers(
     outer = [f for f, m in plan.targets if isinstance(m, LOW_RANK_TYPES)]
     out: dict[str, object] = {}
     for fqn, mod in plan.targets:
-        if any(fqn.startswith(o + ".") for o in outer):
+        if is_inside(fqn, outer):
             continue
         if isinstance(mod, nn.MultiheadAttention):
             for proj in PROJECTIONS:

@@ -27,12 +27,25 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["TargetPlan", "find_targets", "matches", "Targets"]
+__all__ = ["TargetPlan", "find_targets", "matches", "is_inside", "Targets"]
 
 logger = logging.getLogger(__name__)
 
 Targets = str | Iterable[str] | None
 Checker = Callable[[nn.Module], str | None]
+
+
+def is_inside(fqn: str, outer: Iterable[str]) -> bool:
+    """True when module ``fqn`` lies strictly inside one of the modules named in ``outer``.
+
+    ``"a.b"`` is inside ``"a"``, ``"ab"`` and ``"a"`` itself are not; the root module ``""``
+    contains every other module. Used wherever a layer handled as a whole (an attention module, the
+    two halves of a low-rank pair) must not be visited again through its children.
+    """
+    for o in outer:
+        if fqn != o and (o == "" or fqn.startswith(o + ".")):
+            return True
+    return False
 
 
 def matches(fqn: str, spec: Targets) -> bool:

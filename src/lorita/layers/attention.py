@@ -24,11 +24,13 @@ separate q/k/v weights are skipped with that reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorita.layers.base import ForwardMode, Init, _check_depth, _check_init, adopt
+from lorita.layers.base import FactorizedLayer, ForwardMode, Init, _check_depth, _check_init, adopt
 from lorita.layers.linear import FactorizedLinear
 
 __all__ = ["FactorizedMultiheadAttention", "ProjectionView", "mha_reason", "PROJECTIONS"]
@@ -72,7 +74,7 @@ class ProjectionView:
         return f"ProjectionView({self.name}, weight={tuple(self.weight.shape)})"
 
 
-class FactorizedMultiheadAttention(nn.Module):
+class FactorizedMultiheadAttention(FactorizedLayer):
     """``nn.MultiheadAttention`` whose two projections are depth-N factor chains (training form).
 
     Children: ``in_proj`` — :class:`FactorizedLinear` ``(E → 3E)``, bias ``(3E,)`` if the attention
@@ -120,6 +122,12 @@ class FactorizedMultiheadAttention(nn.Module):
             self.bias_v = nn.Parameter(torch.zeros((1, 1, embed_dim), **kw))
         else:
             self.bias_k = self.bias_v = None
+
+    dense_type = nn.MultiheadAttention
+
+    def factor_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.in_proj.factors
+        yield from self.out_proj.factors
 
     @property
     def in_proj_bias(self) -> Tensor | None:

@@ -8,10 +8,11 @@ The training forms (LoRITa, arXiv 2405.03089, §2) keep ``depth`` factors in a `
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Iterator
+from typing import ClassVar, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lorita import linalg
 
@@ -64,7 +65,87 @@ def _product_macs(shapes: list[tuple[int, int]]) -> int:
     return min(left, right)
 
 
-class _FactorChain(nn.Module):
+class FactorizedLayer(nn.Module):
+    """Base of every depth-N training form (LoRITa §2.1), as PEFT's ``BaseTunerLayer`` is of its
+    adapters: ``isinstance(m, FactorizedLayer)`` is how lorita asks "is this a factorized layer".
+
+    Subclasses hold ``depth`` and implement ``from_dense`` (classmethod), ``to_dense()`` (the merge,
+    giving back a ``dense_type`` module) and :meth:`factor_parameters`.
+    """
+
+    dense_type: ClassVar[type] = nn.Module  # subclasses also set ``self.depth``
+
+    def factor_parameters(self) -> Iterator[nn.Parameter]:
+        """The factor matrices (the parameters whose weight decay is the Schatten-2/N penalty)."""
+        raise NotImplementedError
+
+
+class LowRankLayer(nn.Module):
+    """Base of every inference form (§2.9): ``second(first(x))``, two thin layers of rank ``rank``.
+
+    ``first`` maps the input to ``rank`` channels (weight ``diag(√S_r) Vh_r``, bias-free);
+    ``second`` maps ``rank`` to the output (weight ``U_r diag(√S_r)``, the original bias).
+    Subclasses implement ``_empty_like(dense, rank)`` (an uninitialized instance shaped like the
+    dense layer) and ``to_dense()``; ``dense_type`` is the plain layer type they stand for.
+    """
+
+    dense_type: ClassVar[type] = nn.Module  # subclasses also set ``self.rank``, ``self.first``, ``self.second``
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    @classmethod
+    def _empty_like(cls, dense: nn.Module, rank: int) -> LowRankLayer:
+        raise NotImplementedError
+
+    @classmethod
+    def _dense_matrix(cls, dense: nn.Module) -> Tensor:
+        """The dense layer's weight as the ``(m, n)`` matrix that is factored (conv: matricized)."""
+        return linalg.matricize(dense.weight)
+
+    @classmethod
+    def from_factors(cls, dense: nn.Module, a: Tensor, b: Tensor, name: str = "layer") -> LowRankLayer:
+        """The two thin layers from ``W ≈ b @ a`` in place of ``dense`` (bias copied from it).
+
+        Args:
+            dense: the layer replaced (shapes, hyper-parameters, bias, dtype, device, mode).
+            a: ``(r, n)`` — the first (input-side) factor. b: ``(m, r)`` — the second factor,
+                ``(m, n)`` the shape of :meth:`_dense_matrix` (conv: ``(C_out, C_in·k·k)``).
+            name: the layer's name, for errors.
+
+        Raises:
+            ValueError: factor shapes that do not multiply to the dense matrix.
+        """
+        w = dense.weight
+        mat_shape = tuple(cls._dense_matrix(dense).shape)
+        if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0] or (b.shape[0], a.shape[1]) != mat_shape:
+            raise ValueError(
+                f"`{name}`: factors {tuple(b.shape)} @ {tuple(a.shape)} do not give the {mat_shape} weight"
+            )
+        layer = cls._empty_like(dense, int(a.shape[0]))
+        with torch.no_grad():
+            layer.first.weight.copy_(a.reshape(layer.first.weight.shape))
+            layer.second.weight.copy_(b.reshape(layer.second.weight.shape))
+            if dense.bias is not None:
+                layer.second.bias.copy_(dense.bias)
+        return adopt(layer, dense, w.requires_grad)
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, rank: int, name: str = "layer") -> LowRankLayer:
+        """Best rank-``rank`` split of ``dense`` (Eckart–Young on :meth:`_dense_matrix`).
+
+        Raises:
+            ValueError: rank outside ``[1, min(m, n)]`` or a non-finite weight (named ``name``).
+        """
+        a, b = linalg.split_low_rank(cls._dense_matrix(dense).detach(), rank, name=name)
+        return cls.from_factors(dense, a, b, name)
+
+    def thin_factors(self) -> tuple[Tensor, Tensor]:
+        """``(b, a)`` with ``b (m, r)`` and ``a (r, n)`` matricized: the layer's weight is ``b @ a``."""
+        return linalg.matricize(self.second.weight), linalg.matricize(self.first.weight)
+
+
+class _FactorChain(FactorizedLayer):
     """Storage and init shared by the factorized layers: ``factors`` (a ``ParameterList``, input
     side first) and ``bias`` (added after the last factor, or ``None``)."""
 
@@ -86,6 +167,9 @@ class _FactorChain(nn.Module):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         return adopt(dense, self, self.factors[-1].requires_grad)
+
+    def factor_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.factors)
 
     def reset_parameters(self) -> None:
         """PyTorch's default init for every factor — ``kaiming_uniform_(a=√5)`` on its own fan-in,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from lorita import linalg
 from lorita.layers.base import (
     ForwardMode,
     Init,
+    LowRankLayer,
     _check_depth,
     _check_init,
     _check_mode,
@@ -42,7 +44,7 @@ class FactorizedConv2d(_FactorChain):
     ``"auto"`` finds. Input ``(B, C_in, H, W)``, output ``(B, C_out, H_out, W_out)``.
     """
 
-    _dense_cls: type = nn.Conv2d  # the plain layer this form merges back to (Conv1d in the subclass)
+    dense_type: ClassVar[type] = nn.Conv2d  # the plain layer this form merges back to (Conv1d in the subclass)
 
     def __init__(
         self,
@@ -64,7 +66,7 @@ class FactorizedConv2d(_FactorChain):
         _check_mode(forward_mode)
         kw = {"device": device, "dtype": dtype}
         # Reuse nn.Conv2d's argument normalization and padding logic through a template layer.
-        template = self._dense_cls(
+        template = self.dense_type(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, False, padding_mode,
             device="meta",
         )
@@ -203,7 +205,7 @@ class FactorizedConv2d(_FactorChain):
     def to_dense(self) -> nn.Conv2d:
         """Merge: a plain ``nn.Conv2d`` with the merged kernel and the same hyper-parameters."""
         w = self.factors[0]
-        dense = self._dense_cls(
+        dense = self.dense_type(
             self.in_channels,
             self.out_channels,
             self.kernel_size,
@@ -227,7 +229,7 @@ class FactorizedConv2d(_FactorChain):
 
 
 
-class LowRankConv2d(nn.Module):
+class LowRankConv2d(LowRankLayer):
     """Rank-r convolution as a k×k conv with ``rank`` filters then a 1×1 conv to ``C_out``.
 
     ``first = Conv2d(C_in, rank, k, stride, padding, dilation, bias=False)`` (weight
@@ -236,7 +238,7 @@ class LowRankConv2d(nn.Module):
     ``rank·(C_in·k_h·k_w + C_out)`` vs ``C_out·C_in·k_h·k_w`` dense (paper §2.9).
     """
 
-    _dense_cls: type = nn.Conv2d  # the plain layer type of both halves (Conv1d in the subclass)
+    dense_type: ClassVar[type] = nn.Conv2d  # the plain layer type of both halves (Conv1d in the subclass)
 
     def __init__(
         self,
@@ -258,14 +260,19 @@ class LowRankConv2d(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.rank = rank
-        self.first = self._dense_cls(
+        self.first = self.dense_type(
             in_channels, rank, kernel_size, stride, padding, dilation, 1, False, padding_mode,
             device=device, dtype=dtype,
         )
-        self.second = self._dense_cls(rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
+        self.second = self.dense_type(rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.second(self.first(x))
+    @classmethod
+    def _empty_like(cls, dense: nn.Conv2d, rank: int) -> LowRankConv2d:
+        w = dense.weight
+        return torch.nn.utils.skip_init(  # no random init: the weights are copied in next
+            cls, dense.in_channels, dense.out_channels, dense.kernel_size, rank, dense.stride, dense.padding,
+            dense.dilation, dense.bias is not None, dense.padding_mode, device=w.device, dtype=w.dtype,
+        )
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, rank: int, name: str = "conv") -> LowRankConv2d:
@@ -278,23 +285,12 @@ class LowRankConv2d(nn.Module):
             raise ValueError(
                 f"`{name}`: {type(conv).__name__} with groups={conv.groups} cannot be split; exclude it"
             )
-        w = conv.weight
-        a, b = linalg.split_low_rank(w.detach(), rank, name=name)
-        layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, rank, conv.stride, conv.padding,
-            conv.dilation, conv.bias is not None, conv.padding_mode, device=w.device, dtype=w.dtype,
-        )
-        with torch.no_grad():
-            layer.first.weight.copy_(a)
-            layer.second.weight.copy_(b)
-            if conv.bias is not None:
-                layer.second.bias.copy_(conv.bias)
-        return adopt(layer, conv, w.requires_grad)
+        return super().from_dense(conv, rank, name)
 
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` whose kernel is the product of the two thin convs."""
         f, s = self.first, self.second
-        dense = self._dense_cls(
+        dense = self.dense_type(
             self.in_channels, self.out_channels, f.kernel_size, f.stride, f.padding, f.dilation, 1,
             s.bias is not None, f.padding_mode, device=s.weight.device, dtype=s.weight.dtype,
         )
@@ -317,7 +313,7 @@ class FactorizedConv1d(FactorizedConv2d):
     ``(B, C_in, L)``, output ``(B, C_out, L_out)``.
     """
 
-    _dense_cls: type = nn.Conv1d
+    dense_type: ClassVar[type] = nn.Conv1d
 
 
 class LowRankConv1d(LowRankConv2d):
@@ -326,4 +322,4 @@ class LowRankConv1d(LowRankConv2d):
     Params ``rank·(C_in·k + C_out)`` (+ bias); MACs per output position the same.
     """
 
-    _dense_cls: type = nn.Conv1d
+    dense_type: ClassVar[type] = nn.Conv1d

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from lorita.layers.attention import FactorizedMultiheadAttention, ProjectionView, mha_reason
+from lorita.layers.base import FactorizedLayer, LowRankLayer
 from lorita.layers.conv import FactorizedConv1d, FactorizedConv2d, LowRankConv1d, LowRankConv2d
 from lorita.layers.linear import FactorizedLinear, LowRankLinear
 from lorita.layers.transposed import (
@@ -139,8 +140,8 @@ def _ok(_: nn.Module) -> str | None:
     return None
 
 
-FACTORIZED_TYPES: tuple[type, ...] = (FactorizedLinear, FactorizedConv2d, FactorizedMultiheadAttention)
-LOW_RANK_TYPES: tuple[type, ...] = (LowRankLinear, LowRankConv2d)
+FACTORIZED_TYPES: tuple[type, ...] = (FactorizedLayer,)  # isinstance checks: every training form
+LOW_RANK_TYPES: tuple[type, ...] = (LowRankLayer,)  # every two-thin-layer form
 DENSE_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 _DENSE_CHECKS: dict[type, Checker] = {

@@ -20,6 +20,7 @@ from lorita import linalg
 from lorita.layers.base import (
     ForwardMode,
     Init,
+    LowRankLayer,
     _check_depth,
     _check_init,
     _check_mode,
@@ -44,6 +45,8 @@ class FactorizedLinear(_FactorChain):
 
     Input ``(*, in)``, output ``(*, out)``.
     """
+
+    dense_type = nn.Linear
 
     def __init__(
         self,
@@ -151,13 +154,15 @@ class FactorizedLinear(_FactorChain):
 
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(LowRankLayer):
     """Rank-r linear map as two thin layers: ``second(first(x))``.
 
     ``first = Linear(in, rank, bias=False)`` (weight ``diag(√S_r) Vh_r``), ``second =
     Linear(rank, out)`` (weight ``U_r diag(√S_r)``, the original bias). Params ``rank·(in+out)``
     (+ bias), MACs per input vector ``rank·(in+out)`` (paper §2.9).
     """
+
+    dense_type = nn.Linear
 
     def __init__(
         self,
@@ -177,27 +182,12 @@ class LowRankLinear(nn.Module):
         self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.second(self.first(x))
-
     @classmethod
-    def from_dense(cls, linear: nn.Linear, rank: int, name: str = "linear") -> LowRankLinear:
-        """Best rank-``rank`` split of ``linear`` (Eckart–Young); ``name`` is used in errors.
-
-        Raises:
-            ValueError: rank outside ``[1, min(out, in)]`` or a non-finite weight.
-        """
-        w = linear.weight
-        a, b = linalg.split_low_rank(w.detach(), rank, name=name)
-        layer = cls(
-            linear.in_features, linear.out_features, rank, linear.bias is not None, w.device, w.dtype
+    def _empty_like(cls, dense: nn.Linear, rank: int) -> LowRankLinear:
+        w = dense.weight
+        return torch.nn.utils.skip_init(  # no random init: the weights are copied in next
+            cls, dense.in_features, dense.out_features, rank, dense.bias is not None, device=w.device, dtype=w.dtype
         )
-        with torch.no_grad():
-            layer.first.weight.copy_(a)
-            layer.second.weight.copy_(b)
-            if linear.bias is not None:
-                layer.second.bias.copy_(linear.bias)
-        return adopt(layer, linear, w.requires_grad)
 
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` with ``weight = second.weight @ first.weight``."""

@@ -117,6 +117,18 @@ class LowRankTransposedLinear(LowRankLinear):
         self.dense_cls = dense_cls
 
     @classmethod
+    def _dense_matrix(cls, dense: nn.Module) -> Tensor:
+        return dense.weight.T  # Conv1D keeps weight (in, out); the matrix factored is (out, in)
+
+    @classmethod
+    def _empty_like(cls, dense: nn.Module, rank: int) -> LowRankTransposedLinear:
+        w = dense.weight
+        return cls(
+            int(w.shape[0]), int(w.shape[1]), rank, dense.bias is not None, device=w.device, dtype=w.dtype,
+            dense_cls=type(dense),
+        )
+
+    @classmethod
     def from_dense(cls, layer: nn.Module, rank: int, name: str = "conv1d") -> LowRankTransposedLinear:
         """Best rank-``rank`` split of a ``Conv1D`` (Eckart–Young on ``W = weight.T``).
 
@@ -126,18 +138,7 @@ class LowRankTransposedLinear(LowRankLinear):
         """
         if not is_transposed_linear(layer):
             raise TypeError(f"`{name}`: expected a GPT-2 style Conv1D, got {type(layer).__name__}")
-        w = layer.weight
-        a, b = linalg.split_low_rank(w.detach().T, rank, name=name)
-        new = cls(
-            int(w.shape[0]), int(w.shape[1]), rank, layer.bias is not None, w.device, w.dtype,
-            dense_cls=type(layer),
-        )
-        with torch.no_grad():
-            new.first.weight.copy_(a)
-            new.second.weight.copy_(b)
-            if layer.bias is not None:
-                new.second.bias.copy_(layer.bias)
-        return adopt(new, layer, w.requires_grad)
+        return super().from_dense(layer, rank, name)
 
     def to_dense(self) -> nn.Module:
         """The original ``Conv1D`` class with ``weight = (second.weight @ first.weight).T``."""
