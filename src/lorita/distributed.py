@@ -97,7 +97,7 @@ def setup(device: str = "cpu") -> DistContext:
         if torch.cuda.device_count() <= local:
             raise ValueError(
                 f"process {rank} needs cuda:{local} but {torch.cuda.device_count()} GPU(s) are visible; "
-                f"lower --nproc or use --device cpu"
+                f"lower `nproc` or use `device='cpu'`"
             )
         torch.cuda.set_device(local)
         device = f"cuda:{local}"

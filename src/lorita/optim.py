@@ -18,9 +18,10 @@ from torch import nn
 
 from lorita.layers import FactorizedLayer
 
-__all__ = ["param_groups", "Decay"]
+__all__ = ["param_groups", "Decay", "DECAY_CHOICES"]
 
 Decay = Literal["all", "weights", "factors"]
+DECAY_CHOICES: tuple[str, ...] = ("all", "weights", "factors")
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay: Decay = "all") -> list[dict[str, Any]]:
@@ -40,7 +41,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay: Decay = "all") ->
     """
     if weight_decay < 0:
         raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
-    if decay not in ("all", "weights", "factors"):
+    if decay not in DECAY_CHOICES:
         raise ValueError(f"`decay` must be 'all', 'weights' or 'factors', got {decay!r}")
     factor_ids = set()
     for mod in model.modules():

@@ -40,7 +40,7 @@ def _quantize_dynamic():
     except ImportError as exc:  # removed in a future torch
         raise RuntimeError(
             f"int8 quantization needs torch.ao.quantization.quantize_dynamic, which this torch "
-            f"({torch.__version__}) does not provide ({exc}); drop --quantize / quantize_int8 or use a "
+            f"({torch.__version__}) does not provide ({exc}); drop `quantize` / quantize_int8 or use a "
             f"torch that still ships it (<= 2.13 tested)"
         ) from None
     return quantize_dynamic

@@ -38,12 +38,12 @@ def test_missing_file_error_names_file_and_fix(tmp_path):
     for f in MNIST_DIR.glob("*.gz"):
         if "t10k-labels" not in f.name:
             shutil.copy(f, tmp_path / f.name)
-    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz.*--data-dir"):
+    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz.*`data_dir`"):
         load_mnist(tmp_path)
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist; pass --data-dir"):
+    with pytest.raises(FileNotFoundError, match="does not exist; pass `data_dir`"):
         load_mnist(tmp_path / "nope")
 
 

@@ -12,7 +12,7 @@ from _cifar_files import write_bin  # noqa: I001  (tests/ is on sys.path under p
 from lorita.cli import main
 from lorita.models import build_model
 from lorita.runs import train as train_mod
-from lorita.runs.compress import compress_run
+from lorita.runs.compress import compress
 from lorita.runs.config import TrainConfig
 from lorita.runs.train import train_run
 
@@ -44,7 +44,7 @@ def test_each_model_trains_merges_and_compresses(cifar_dir, tmp_path, name):
     cfg = _cfg(cifar_dir, model=name, model_kwargs=TINY[name], epochs=1)
     summary = train_run(cfg, tmp_path / "run", progress=False)
     assert summary["depth"] == 3 and 0.0 <= summary["val_acc"] <= 1.0
-    rep = compress_run(tmp_path / "run", "macs:0.5", tmp_path / "cmp")
+    rep = compress(tmp_path / "run", tmp_path / "cmp", "macs:0.5")
     dense, low = rep["dense"], rep["low_rank"]
     # All targeted layers share the MAC budget; other MACs (ViT attention, patch embedding, head)
     # are untouched, so the total shrinks by at most the targeted part.
@@ -96,8 +96,28 @@ def test_resume_equals_uninterrupted(cifar_dir, tmp_path, monkeypatch):
 
 def test_resume_with_other_config_refused(cifar_dir, tmp_path):
     train_run(_cfg(cifar_dir, epochs=1), tmp_path / "r", progress=False)
-    with pytest.raises(ValueError, match=r"--resume with a different config.*'epochs': \(1, 2\)"):
-        train_run(_cfg(cifar_dir, epochs=2), tmp_path / "r", progress=False, resume=True)
+    assert not (tmp_path / "r" / "resume.pt").exists()  # a finished run keeps no optimizer checkpoint
+    with pytest.raises(ValueError, match=r"different config: lr=0\.5 \(saved: 0\.05\), epochs=2 \(saved: 1\)"):
+        train_run(_cfg(cifar_dir, epochs=2, lr=0.5), tmp_path / "r", progress=False, resume=True)
+
+
+def test_cli_interrupt_says_how_to_resume_and_resume_needs_no_flags(cifar_dir, tmp_path, monkeypatch, capsys):
+    run = str(tmp_path / "run")
+    argv = ["--no-progress", "train", "--model", "resnet20", "--model-kwargs", '{"width": 2}', "--dataset",
+            "cifar10", "--data-dir", str(cifar_dir), "--no-verify", "--val-size", "6", "--epochs", "3",
+            "--batch-size", "8", "--depth", "2", "--out", run]
+    monkeypatch.setattr(train_mod, "train_one_epoch", _interrupting(after=1))
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lorita: interrupted; finished epochs are saved in {run} — continue with: lorita train --out {run} --resume"
+    )
+    monkeypatch.undo()
+    assert main(["--no-progress", "train", "--out", run, "--epochs", "4", "--resume"]) == 2
+    assert "different config: epochs=4 (saved: 3)" in capsys.readouterr().err
+    assert main(["--no-progress", "train", "--out", run, "--resume"]) == 0  # the saved config, no other flag
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+    assert not (tmp_path / "run" / "resume.pt").exists()
 
 
 def test_cli_train_compress_sweep_report(cifar_dir, tmp_path, capsys):

@@ -49,7 +49,7 @@ def test_compress_outputs_and_merged_loads_into_plain_class(trained, tmp_path, c
     x = torch.randn(3, 1, 28, 28)
     want = lorita.to_low_rank(plain, ranks).eval()(x)
     torch.testing.assert_close(low.eval()(x), want, atol=1e-5, rtol=1e-5)
-    assert "low-rank:" in capsys.readouterr().out
+    assert "low-rank (energy:0.9): val" in capsys.readouterr().out
 
 
 def test_sweep_and_report(trained, tmp_path):
@@ -124,9 +124,43 @@ def test_compress_removes_a_stale_int8_file_of_an_earlier_run(trained, tmp_path)
     assert main(["--no-progress", "compress", str(trained), "--policy", "energy:0.9", "--out", str(out)]) == 0
     assert not (out / "low_rank_int8.pt").exists() and not (out / "search_trace.json").exists()
     (out / "low_rank_int8.pt").write_bytes(b"old model")
-    assert main(["--no-progress", "compress", str(trained), "--search", "greedy", "--tolerance", "2",
-                 "--out", str(out)]) == 0
+    argv = ["--no-progress", "compress", str(trained), "--search", "greedy", "--tolerance", "2", "--out", str(out)]
+    before = (out / "report.json").read_bytes()
+    assert main(argv) == 2  # an earlier compression is never replaced without asking
+    assert (out / "report.json").read_bytes() == before and (out / "low_rank_int8.pt").exists()
+    assert main([*argv, "--overwrite"]) == 0
     assert not (out / "low_rank_int8.pt").exists() and (out / "search_trace.json").is_file()
+
+
+def test_compress_applies_exclude_modules_and_finetune_with_a_policy(trained, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["--no-progress", "compress", str(trained), "--policy", "ratio:0.1", "--exclude-modules", "layers.4",
+                 "--out", str(out)]) == 0
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert set(ranks) == {"layers.0", "layers.2"}  # layers.4 excluded: no rank chosen for it
+    plain = lorita.load(FCN(hidden=(64, 64)), out / "merged.safetensors")
+    low = lorita.load(FCN(hidden=(64, 64)), out / "low_rank.safetensors")
+    assert type(low.layers[4]) is torch.nn.Linear  # dense and untouched
+    torch.testing.assert_close(low.layers[4].weight, plain.layers[4].weight, rtol=0, atol=0)
+    trunc = lorita.to_low_rank(plain, ranks)
+    torch.testing.assert_close(low.layers[0].first.weight, trunc.layers[0].first.weight, rtol=0, atol=0)
+    ft = tmp_path / "ft"
+    assert main(["--no-progress", "compress", str(trained), "--policy", "ratio:0.1", "--exclude-modules", "layers.4",
+                 "--finetune-epochs", "1", "--finetune-batches", "2", "--distill", "--out", str(ft)]) == 0
+    report = json.loads((ft / "report.json").read_text())
+    assert report["low_rank"]["label"] == "low-rank (ratio:0.1 + fine-tune + distill)"
+    tuned = lorita.load(FCN(hidden=(64, 64)), ft / "low_rank.safetensors")
+    assert tuned.layers[0].rank == low.layers[0].rank  # same ranks, fine-tuned weights
+    assert not torch.equal(tuned.layers[0].first.weight, low.layers[0].first.weight)
+
+
+@pytest.mark.parametrize("flag", [["--tolerance", "2"], ["--budget", "macs:0.5"], ["--start", "energy:0.99"],
+                                  ["--multiple", "8"], ["--val-samples", "10"], ["--no-keep-dense"]])
+def test_search_only_flags_with_a_policy_are_refused(trained, tmp_path, capsys, flag):
+    assert main(["compress", str(trained), "--policy", "energy:0.9", *flag, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"lorita: error: {flag[0]} only apply to --search greedy; drop them with --policy (or use --search)"
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cifar_cli import _cfg, _interrupting  # noqa: I001
 
 from _cifar_files import write_bin
 from lorita import factorize, merge
 from lorita.models import build_model
 from lorita.runs.train import train_run
-from test_cifar_cli import _cfg, _interrupting  # noqa: I001
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -82,7 +82,7 @@ def read_cifar_bin(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"missing CIFAR-10 file {path}. Point --data-dir at the extracted cifar-10-batches-bin "
+            f"missing CIFAR-10 file {path}. Point `data_dir` at the extracted cifar-10-batches-bin "
             f"folder (data_batch_1.bin … data_batch_5.bin, test_batch.bin)."
         )
     raw = np.fromfile(path, dtype=np.uint8)
@@ -96,7 +96,7 @@ def read_cifar_bin(
     if verify and len(rec) != OFFICIAL_RECORDS:
         raise ValueError(
             f"{path}: {len(rec):,} records, the official files hold {OFFICIAL_RECORDS:,}; pass verify=False "
-            f"(--no-verify) to read a partial or custom copy."
+            f"(`verify=False`) to read a partial or custom copy."
         )
     labels = rec[:, 0].astype(np.int64)
     bad = np.flatnonzero(labels >= num_classes)
@@ -273,7 +273,7 @@ def read_cifar_py(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"missing CIFAR-10 file {path}. Point --data-dir at the extracted cifar-10-batches-py "
+            f"missing CIFAR-10 file {path}. Point `data_dir` at the extracted cifar-10-batches-py "
             f"folder (data_batch_1 … data_batch_5, test_batch)."
         )
     d = safe_unpickle(path.read_bytes(), path)
@@ -301,7 +301,7 @@ def read_cifar_py(
     if verify and len(y) != OFFICIAL_RECORDS:
         raise ValueError(
             f"{path}: {len(y):,} images, the official files hold {OFFICIAL_RECORDS:,}; pass verify=False "
-            f"(--no-verify) to read a partial or custom copy."
+            f"(`verify=False`) to read a partial or custom copy."
         )
     return data.reshape(-1, 3, 32, 32), y
 
@@ -316,7 +316,7 @@ def _layout(root: Path) -> tuple[str, Path]:
             return "py", folder
     raise FileNotFoundError(
         f"no CIFAR-10 files in {root}: expected the binary version (data_batch_1.bin … test_batch.bin) or "
-        f"the python version (data_batch_1 … test_batch). Pass --data-dir pointing at the extracted "
+        f"the python version (data_batch_1 … test_batch). Pass `data_dir` pointing at the extracted "
         f"cifar-10-batches-bin or cifar-10-batches-py folder."
     )
 
@@ -368,7 +368,7 @@ def load_cifar10(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"CIFAR-10 folder {root} does not exist; pass --data-dir pointing at the extracted "
+            f"CIFAR-10 folder {root} does not exist; pass `data_dir` pointing at the extracted "
             f"cifar-10-batches-bin (or cifar-10-batches-py) folder"
         )
     layout, folder = _layout(root)

@@ -59,7 +59,7 @@ def read_idx(path: str | Path, expected_sha256: str | None = None) -> np.ndarray
             raise ValueError(
                 f"{path}: SHA-256 of the decompressed data is {got}, expected {expected_sha256}. "
                 f"The file is corrupt or not the official one: restore it (git checkout data/) or "
-                f"pass verify=False / --no-verify for other IDX data."
+                f"pass `verify=False` for other IDX data."
             )
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
@@ -80,7 +80,7 @@ def _find(root: Path, stem: str) -> Path:
         if cand.is_file():
             return cand
     raise FileNotFoundError(
-        f"missing MNIST file {root / (stem + '.gz')} (or uncompressed {stem}). Point --data-dir at a "
+        f"missing MNIST file {root / (stem + '.gz')} (or uncompressed {stem}). Point `data_dir` at a "
         f"folder holding the four standard IDX files; the repository ships them in data/mnist/."
     )
 
@@ -107,7 +107,7 @@ def load_mnist(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"MNIST folder {root} does not exist; pass --data-dir pointing at the four IDX files "
+            f"MNIST folder {root} does not exist; pass `data_dir` pointing at the four IDX files "
             f"(the repository ships them in data/mnist/)"
         )
     arrays = {}

@@ -176,7 +176,7 @@ def make_transform(data: DataSplits, train: bool, augment: bool) -> Callable[[Te
     """
     aug = AUGMENTATIONS.get(data.name)
     if augment and aug is None:
-        raise ValueError(f"no training augmentation is defined for {data.name!r}; drop --augment")
+        raise ValueError(f"no training augmentation is defined for {data.name!r}; drop `augment=True`")
 
     def transform(x: Tensor, g: torch.Generator) -> Tensor:
         if train and augment:

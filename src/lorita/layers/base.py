@@ -20,6 +20,7 @@ ForwardMode = Literal["auto", "chain", "merged"]
 Init = Literal["default", "preserve"]
 _FORWARD_MODES = ("auto", "chain", "merged")
 _INITS = ("default", "preserve")
+INITS = _INITS  # the factor starts ``from_dense(init=...)`` accepts (the CLI offers these)
 
 
 def adopt(new: nn.Module, like: nn.Module, requires_grad: bool) -> nn.Module:

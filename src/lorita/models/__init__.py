@@ -42,14 +42,14 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a reference model by name (``"fcn"``, ...) with keyword overrides.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones).
+        ValueError: unknown name (the message lists the known ones), or kwargs the model rejects.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     try:
         return MODELS[name](**kwargs)
-    except TypeError as exc:  # a bad --model-kwargs entry
-        raise TypeError(
+    except TypeError as exc:  # a bad model_kwargs entry: a wrong value given by the user
+        raise ValueError(
             f"model {name!r} rejects model_kwargs {kwargs}: {exc}; see lorita.models.{MODELS[name].__name__}"
         ) from None
 

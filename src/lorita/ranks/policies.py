@@ -51,6 +51,9 @@ __all__ = [
     "parse_policy",
     "layer_infos",
     "deployable_cost",
+    "POLICY_KINDS",
+    "PolicyKind",
+    "policy_string",
 ]
 
 logger = logging.getLogger(__name__)
@@ -327,13 +330,26 @@ def select_ranks(
     )
 
 
-_POLICY_NAMES: Mapping[str, str] = {
-    "rank": "FixedRank(rank: int)",
-    "ratio": "RankRatio(ratio in (0, 1])",
-    "energy": "EnergyThreshold(energy in (0, 1])",
-    "global": "GlobalThreshold(rel_sigma in [0, 1])",
-    "params": "ParamBudget(fraction in (0, 1])",
-    "macs": "MacBudget(fraction in (0, 1]; needs example inputs)",
+@dataclass(frozen=True)
+class PolicyKind:
+    """One row of :data:`POLICY_KINDS`: the policy class, its value attribute, how the value is
+    parsed from text, and the form shown in messages."""
+
+    cls: type
+    attr: str
+    parse: Callable[[str], float]
+    doc: str
+
+
+#: The one table of policy kinds (torchao's config-table habit): ``"kind:value"`` strings, their
+#: classes, :func:`parse_policy`, :func:`policy_string` and the CLI's choices all come from it.
+POLICY_KINDS: Mapping[str, PolicyKind] = {
+    "energy": PolicyKind(EnergyThreshold, "energy", float, "EnergyThreshold(energy in (0, 1])"),
+    "ratio": PolicyKind(RankRatio, "ratio", float, "RankRatio(ratio in (0, 1])"),
+    "global": PolicyKind(GlobalThreshold, "rel_sigma", float, "GlobalThreshold(rel_sigma in [0, 1])"),
+    "params": PolicyKind(ParamBudget, "fraction", float, "ParamBudget(fraction in (0, 1])"),
+    "macs": PolicyKind(MacBudget, "fraction", float, "MacBudget(fraction in (0, 1]; needs example inputs)"),
+    "rank": PolicyKind(FixedRank, "rank", int, "FixedRank(rank: int)"),
 }
 
 
@@ -344,46 +360,31 @@ def policy_string(policy: RankPolicy) -> str:
     Raises:
         TypeError: not a rank policy.
     """
-    pairs = {
-        FixedRank: ("rank", "rank"),
-        RankRatio: ("ratio", "ratio"),
-        EnergyThreshold: ("energy", "energy"),
-        GlobalThreshold: ("global", "rel_sigma"),
-        ParamBudget: ("params", "fraction"),
-        MacBudget: ("macs", "fraction"),
-    }
-    if type(policy) not in pairs:
-        raise TypeError(f"not a rank policy: {type(policy).__name__}; e.g. EnergyThreshold(0.99)")
-    kind, attr = pairs[type(policy)]
-    return f"{kind}:{getattr(policy, attr):g}"
+    for kind, row in POLICY_KINDS.items():
+        if type(policy) is row.cls:
+            return f"{kind}:{getattr(policy, row.attr):g}"
+    raise TypeError(f"not a rank policy: {type(policy).__name__}; e.g. EnergyThreshold(0.99)")
 
 
 def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
-    ``params:0.05``, ``macs:0.1`` (``macs`` needs ``example_inputs``).
+    ``params:0.05``, ``macs:0.1`` (``macs`` needs ``example_inputs``); see :data:`POLICY_KINDS`.
 
     Raises:
         ValueError: unknown kind or bad value (the message lists the valid forms).
     """
-    valid = "; ".join(f"{k}:<{v}>" for k, v in _POLICY_NAMES.items())
+    valid = "; ".join(f"{k}:<{v.doc}>" for k, v in POLICY_KINDS.items())
     if not isinstance(text, str) or ":" not in text:
         raise ValueError(f"invalid policy {text!r}; expected kind:value, one of: {valid}")
     kind, _, raw = text.partition(":")
     kind = kind.strip().lower()
-    if kind not in _POLICY_NAMES:
+    if kind not in POLICY_KINDS:
         raise ValueError(f"unknown policy kind {kind!r} in {text!r}; expected one of: {valid}")
+    row = POLICY_KINDS[kind]
     try:
-        value: float = int(raw) if kind == "rank" else float(raw)
+        value = row.parse(raw)
     except ValueError:
-        raise ValueError(f"invalid value {raw!r} in policy {text!r}; expected {_POLICY_NAMES[kind]}") from None
-    if kind == "rank":
-        return FixedRank(int(value))
-    if kind == "ratio":
-        return RankRatio(value)
-    if kind == "energy":
-        return EnergyThreshold(value)
-    if kind == "global":
-        return GlobalThreshold(value)
-    if kind == "params":
-        return ParamBudget(value)
-    return MacBudget(value, example_inputs=example_inputs)
+        raise ValueError(f"invalid value {raw!r} in policy {text!r}; expected {row.doc}") from None
+    if row.cls is MacBudget:
+        return MacBudget(value, example_inputs=example_inputs)
+    return row.cls(value)

@@ -1,5 +1,5 @@
 """``lorita compress``: ranks for a trained run — from a rank policy or the greedy search —
-and the compressed folder (layout: :mod:`lorita.runs.folder`).
+and the compressed folder (layout: :mod:`lorita.runs.folder`), all through one :func:`compress`.
 
 Both paths write ``merged.safetensors``, ``ranks.json``, ``low_rank.safetensors``,
 ``report.json`` and ``report.md``; the search adds ``search_trace.json`` (one row per event:
@@ -11,7 +11,6 @@ once, for the report.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from torch import nn
 from lorita import io
 from lorita._files import file_bytes, write_json
 from lorita.counting import count_macs
+from lorita.finetune import FinetuneConfig
+from lorita.finetune import finetune as finetune_model
 from lorita.quantize import quantize_int8, save_quantized
 from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.ranks.search import BatchEvaluator, GreedySearch, SearchResult, search
@@ -29,54 +30,131 @@ from lorita.runs.folder import (
     LoadedRun,
     RunFolder,
     build_info,
-    evaluate_point,
     load_run,
     make_loaders,
     model_row,
     remove_stale,
 )
 from lorita.runs.markdown import compress_markdown, search_markdown
+from lorita.surgery import to_low_rank
 
-__all__ = [
-    "compress_run",
-    "compress_search_run",
-    "run_search",
-    "add_int8",
-    "quantize_compressed",
-    "QUANTIZE_CHOICES",
-]
+__all__ = ["compress", "run_search", "add_int8", "QUANTIZE_CHOICES"]
 
 logger = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("int8",)
 
 
-def compress_run(
-    run_dir: str | Path, policy: str, out_dir: str | Path, data_dir: str | None = None, device: str = "cpu"
+def compress(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    ranks: str | GreedySearch,
+    *,
+    exclude_modules: Any = None,
+    finetune: FinetuneConfig | None = None,
+    quantize: str | None = None,
+    val_samples: int | None = None,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """One-shot compression of a trained run with a policy string (``energy:0.99`` ...).
+    """``lorita compress``: merge a trained run, choose ranks, split, fine-tune, report (one writer).
 
-    Writes ``merged.safetensors`` (dense, loads into the plain model class), ``ranks.json``,
-    ``low_rank.safetensors`` (+ manifest), ``report.json`` and ``report.md`` to ``out_dir``.
+    Args:
+        run_dir: a folder written by ``lorita train``. out_dir: where the artefacts go.
+        ranks: a rank policy string (``"energy:0.99"``, ``"macs:0.3"``, ...; LoRITa §2.9, ranks from
+            the spectra alone) or a :class:`GreedySearch` (validation-driven search, paper-notes §4.5).
+        exclude_modules: layers to leave dense (regex or names); default: the run's own exclusions.
+        finetune: with a policy, fine-tune the low-rank model on the training split after the
+            split (distilled from the merged model if ``finetune.distill``); with a search, give it
+            in ``GreedySearch.finetune`` instead.
+        quantize: ``"int8"`` — also write a dynamic-int8 copy (``low_rank_int8.pt``).
+        val_samples: search only: evaluate on the first N validation images.
+        data_dir: override the run's data folder. device: where to evaluate / search / fine-tune.
+        progress: progress bars. overwrite: replace an earlier compression in ``out_dir``.
+
+    Returns:
+        the report (also ``report.json``): ``dense`` and ``low_rank`` rows (accuracies, params, MACs
+        per sample, bytes), ``layers`` (per-layer costs), ``search`` (search only), ``int8``.
+
+    Raises:
+        ValueError: a bad policy / config, an unknown ``quantize``, ``finetune`` given twice,
+            ``out_dir`` already holding a compression without ``overwrite``; errors of loading the run.
+        TypeError: ``ranks`` neither a policy string nor a GreedySearch.
     """
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"`quantize` must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    searching = isinstance(ranks, GreedySearch)
+    if not searching and not isinstance(ranks, str):
+        raise TypeError(f"`ranks` must be a policy string (e.g. 'energy:0.99') or a GreedySearch, got {ranks!r}")
+    if searching and finetune is not None:
+        raise ValueError("`finetune` is for policies; a search fine-tunes through GreedySearch(finetune=...)")
+    out = Path(out_dir)
+    if (out / RunFolder.REPORT).exists() and not overwrite:
+        raise ValueError(
+            f"{out} already holds a compressed model ({RunFolder.REPORT}); pass `overwrite=True` to replace "
+            f"it, or choose another `out_dir`"
+        )
     run = load_run(run_dir, data_dir, device=device)
-    pol = parse_policy(policy, example_inputs=run.example_inputs)
-    ranks = select_ranks(run.dense, pol, *run.targets)
-    out = Path(out_dir)  # created only once the inputs are known to be good
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale(out, (RunFolder.INT8, RunFolder.TRACE))  # from an earlier run into this folder
-    dense_row, _ = evaluate_point(run, None, "dense (merged)")
-    low_row, low = evaluate_point(run, ranks, f"low-rank ({policy})")
+    t0 = time.perf_counter()
+    if searching:
+        result = run_search(run, ranks, val_samples, exclude_modules, progress)
+        low, rank_map, meta = result.model, result.ranks, {"search": result.config}
+        ft_cfg = ranks.finetune
+        label = "greedy search"
+    else:
+        low, rank_map = _policy_model(run, ranks, exclude_modules, finetune, progress)
+        meta, ft_cfg, label, result = {"policy": ranks}, finetune, ranks, None
+    if ft_cfg is not None:
+        label += " + fine-tune" + (" + distill" if ft_cfg.distill is not None else "")
+    dense_row = model_row(run, run.dense, "dense (merged)")
+    low_row = model_row(run, low, f"low-rank ({label})", rank_map)
+    low_row["wall_seconds"] = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)  # created only once the inputs are known to be good
     build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data
-    io.save(run.dense, out / RunFolder.MERGED, metadata={"run": str(run_dir), "build": build})
-    io.save(low, out / RunFolder.LOW_RANK, metadata={"run": str(run_dir), "policy": policy, "build": build})
-    write_json(out / RunFolder.RANKS, ranks)
+    merged_path = io.save(run.dense, out / RunFolder.MERGED, metadata={"run": str(run_dir), "build": build})
+    low_path = io.save(low, out / RunFolder.LOW_RANK, metadata={"run": str(run_dir), **meta, "build": build})
+    dense_row["bytes"], low_row["bytes"] = file_bytes(merged_path), file_bytes(low_path)
+    write_json(out / RunFolder.RANKS, rank_map)
     layers = count_macs(low, run.example_inputs)
-    report = {"run": str(run_dir), "policy": policy, "dense": dense_row, "low_rank": low_row,
-              "layers": layers.to_dict()}
+    report: dict[str, Any] = {
+        "run": str(run_dir),
+        "policy": "search:greedy" if searching else ranks,
+        "dense": dense_row,
+        "low_rank": low_row,
+        "layers": layers.to_dict(),
+    }
+    if result is not None:
+        write_json(out / RunFolder.TRACE, result.trace)
+        report["search"] = result.to_dict()
+        report["val_samples"] = min(val_samples or len(run.data.val_y), len(run.data.val_y))
+    else:
+        remove_stale(out, (RunFolder.TRACE,))
+    if quantize == "int8":
+        report["int8"] = add_int8(run, low, out, f"{low_row['label']} + int8")
+    else:
+        remove_stale(out, (RunFolder.INT8,))
     write_json(out / RunFolder.REPORT, report)
-    io.atomic_write_text(out / RunFolder.REPORT_MD, compress_markdown(report, layers.table()))
+    text = search_markdown(report) if searching else compress_markdown(report, layers.table())
+    io.atomic_write_text(out / RunFolder.REPORT_MD, text)
     return report
+
+
+def _policy_model(
+    run: LoadedRun, policy: str, exclude_modules: Any, ft: FinetuneConfig | None, progress: bool
+) -> tuple[nn.Module, dict[str, int]]:
+    """The low-rank model of a one-shot policy (fine-tuned on the training split if ``ft``)."""
+    pol = parse_policy(policy, example_inputs=run.example_inputs)
+    target, exclude = run.targets
+    ranks = select_ranks(run.dense, pol, target, exclude_modules if exclude_modules is not None else exclude)
+    low = to_low_rank(run.dense, ranks)
+    if ft is not None:
+        train, _, _ = make_loaders(run.data, run.cfg)
+        teacher = run.dense.eval() if ft.distill is not None else None
+        finetune_model(low, train, ft, teacher=teacher, seed=run.cfg.seed, device=run.device, progress=progress)
+        low.eval()
+    return low, ranks
 
 
 def run_search(
@@ -125,76 +203,3 @@ def add_int8(run: LoadedRun, model: nn.Module, out: Path, label: str) -> dict[st
     return row
 
 
-def compress_search_run(
-    run_dir: str | Path,
-    out_dir: str | Path,
-    config: GreedySearch,
-    data_dir: str | None = None,
-    quantize: str | None = None,
-    val_samples: int | None = None,
-    exclude_modules: Any = None,
-    progress: bool = True,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Search ranks for a trained run and write the compress artefacts (module docstring);
-    evaluation, search and fine-tuning run on ``device``.
-
-    Raises:
-        ValueError: unknown ``quantize``; errors of :func:`lorita.search` and of loading the run.
-        RuntimeError: int8 requested but unavailable in this torch.
-    """
-    if quantize is not None and quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"unknown quantization {quantize!r}; choose one of {QUANTIZE_CHOICES}")
-    run = load_run(run_dir, data_dir, device=device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    result = run_search(run, config, val_samples, exclude_modules, progress)
-    dense_row = model_row(run, run.dense, "dense (merged)")
-    ft = " + fine-tune" if config.finetune is not None else ""
-    ft += " + distill" if config.finetune is not None and config.finetune.distill is not None else ""
-    low_row = model_row(run, result.model, f"low-rank (greedy search{ft})", result.ranks)
-    low_row["wall_seconds"] = time.perf_counter() - t0
-    build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data
-    dense_row["bytes"] = file_bytes(
-        io.save(run.dense, out / RunFolder.MERGED, metadata={"run": str(run_dir), "build": build})
-    )
-    low_row["bytes"] = file_bytes(
-        io.save(
-            result.model,
-            out / RunFolder.LOW_RANK,
-            metadata={"run": str(run_dir), "search": result.config, "build": build},
-        )
-    )
-    write_json(out / RunFolder.RANKS, result.ranks)
-    write_json(out / RunFolder.TRACE, result.trace)
-    report: dict[str, Any] = {
-        "run": str(run_dir),
-        "policy": "search:greedy",
-        "dense": dense_row,
-        "low_rank": low_row,
-        "search": result.to_dict(),
-        "val_samples": min(val_samples or len(run.data.val_y), len(run.data.val_y)),
-        "layers": count_macs(result.model, run.example_inputs).to_dict(),
-    }
-    if quantize == "int8":
-        report["int8"] = add_int8(run, result.model, out, f"{low_row['label']} + int8")
-    else:
-        remove_stale(out, (RunFolder.INT8,))
-    write_json(out / RunFolder.REPORT, report)
-    io.atomic_write_text(out / RunFolder.REPORT_MD, search_markdown(report))
-    return report
-
-
-def quantize_compressed(out_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
-    """Add int8 to a one-shot ``lorita compress`` folder: quantize its ``low_rank.safetensors``,
-    write ``low_rank_int8.pt`` and add ``bytes`` and an ``int8`` row to ``report.json``."""
-    out = Path(out_dir)
-    report = json.loads((out / RunFolder.REPORT).read_text())
-    run = load_run(report["run"], data_dir)
-    low = RunFolder(out).build_model(RunFolder.LOW_RANK)[0].eval()
-    report["dense"]["bytes"] = file_bytes(out / RunFolder.MERGED)
-    report["low_rank"]["bytes"] = file_bytes(out / RunFolder.LOW_RANK)
-    report["int8"] = add_int8(run, low, out, f"{report['low_rank']['label']} + int8")
-    write_json(out / RunFolder.REPORT, report)
-    return report

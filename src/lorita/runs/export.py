@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lorita.export import export_onnx
-from lorita.runs.compress import compress_run
+from lorita.runs.compress import compress
 from lorita.runs.folder import RunFolder, load_run
 
 __all__ = ["export_dir"]
@@ -28,7 +28,8 @@ def export_dir(
     data_dir: str | None = None,
     batch: int = 2,
     seed: int = 0,
-) -> tuple[Path, float | None]:
+    overwrite: bool = False,
+) -> tuple[Path, float | None, tuple[int, ...]]:
     """``lorita export``: export the model of a lorita output folder to ONNX, checked.
 
     Folder contract:
@@ -45,9 +46,13 @@ def export_dir(
         form: ``"low_rank"`` or ``"dense"``. policy: a rank policy string (train folders only).
         data_dir: override the run's data folder (train folders only).
         batch, seed: the random example batch ``(batch, *input_shape)`` used to trace and check.
+        overwrite: replace an existing ``onnx_path`` (and, with ``policy``, an earlier
+            ``FOLDER/compressed``); without it an existing file is an error.
 
     Returns:
-        ``(onnx path, max |onnxruntime − PyTorch|)``.
+        ``(onnx path, max |onnxruntime − PyTorch|, input shape without the batch axis)``; the
+        model takes ``float32 (N, *input_shape)`` normalized as in training (MNIST FCN:
+        ``(N, 1, 28, 28)``).
 
     Raises:
         FileNotFoundError / ValueError: a folder that is neither, a missing policy, bad files,
@@ -55,6 +60,8 @@ def export_dir(
     """
     if form not in ("low_rank", "dense"):
         raise ValueError(f"`form` must be 'low_rank' or 'dense', got {form!r}")
+    if Path(onnx_path).is_file() and not overwrite:
+        raise ValueError(f"{onnx_path} already exists; pass `overwrite=True` to replace it, or choose another path")
     src = Path(folder)
     if not src.is_dir():
         raise FileNotFoundError(
@@ -63,22 +70,22 @@ def export_dir(
     compressed, trained = RunFolder(src).is_compressed(), RunFolder(src).is_trained()
     if compressed:
         if policy is not None:
-            raise ValueError(f"{src} is already compressed; drop --policy (it applies to training folders)")
+            raise ValueError(f"{src} is already compressed; drop `policy` (it applies to training folders)")
         model, shape = _model_from_compressed(src, form)
     elif trained:
         if policy is not None:
             if form == "dense":
-                raise ValueError("--policy gives a low-rank model; drop it to export the dense model")
+                raise ValueError("`policy` gives a low-rank model; drop it to export the dense model")
             out = RunFolder(src).default_out("compress")
-            compress_run(src, policy, out, data_dir=data_dir)
+            compress(src, out, policy, data_dir=data_dir, overwrite=overwrite)
             model, shape = _model_from_compressed(out, form)
         elif form == "dense":
             run = load_run(src, data_dir)
             model, shape = run.dense, tuple(run.example_inputs.shape[1:])
         else:
             raise ValueError(
-                f"{src} is a training run: give --policy (e.g. energy:0.99) to compress it first, or "
-                f"--form dense to export the merged model"
+                f"{src} is a training run: give `policy` (e.g. energy:0.99) to compress it first, or "
+                f"`form='dense'` to export the merged model"
             )
     else:
         raise ValueError(
@@ -89,4 +96,5 @@ def export_dir(
         raise ValueError(f"`batch` must be an int >= 2 (size-1 dims are specialized by torch.export), got {batch}")
     g = torch.Generator().manual_seed(seed)
     example = torch.randn((batch, *shape), generator=g)
-    return export_onnx(model.eval(), example, onnx_path)
+    path, diff = export_onnx(model.eval(), example, onnx_path)
+    return path, diff, tuple(shape)

@@ -146,7 +146,7 @@ def check_device(device: str) -> None:
         raise ValueError(f"`device` {device!r} is not a valid torch device ({exc}); use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"`device` is {device!r} but CUDA is not available on this machine; use --device cpu")
+            raise ValueError(f"`device` is {device!r} but CUDA is not available on this machine; use `device='cpu'`")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"`device` {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
@@ -245,6 +245,10 @@ def load_run(
     check_device(device)
     run = Path(run_dir)
     if not run.is_dir():
+        if run.is_file():
+            raise FileNotFoundError(
+                f"{run} is a file; pass the run folder that holds it ({run.parent}), written by `lorita train`"
+            )
         raise FileNotFoundError(f"run folder {run} does not exist; pass a folder written by `lorita train`")
     folder = RunFolder(run)
     cfg = TrainConfig.load(folder / RunFolder.CONFIG)

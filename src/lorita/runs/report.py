@@ -56,7 +56,7 @@ def report_runs(
     """
     runs = [Path(r) for r in runs]
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"--labels has {len(labels)} entries for {len(runs)} runs; give one per run")
+        raise ValueError(f"`labels` has {len(labels)} entries for {len(runs)} runs; give one per run")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spectra, sweeps, names, histories = {}, [], [], {}

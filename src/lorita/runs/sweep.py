@@ -55,7 +55,7 @@ def sweep_run(
         raise ValueError(f"unknown policy kind {policy_kind!r}; choose one of {sorted(DEFAULT_POINTS) + ['rank']}")
     pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
     if not pts:
-        raise ValueError(f"give --points for policy {policy_kind!r}")
+        raise ValueError(f"give `points` for policy {policy_kind!r}")
     run = run or load_run(run_dir, data_dir, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -93,14 +93,14 @@ def train_run(
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a file as the output folder, and an existing run unless resuming or overwriting."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose a folder path")
+        raise ValueError(f"`out_dir` {out} is a file, not a folder; choose a folder path")
     if resume or overwrite or not out.is_dir():
         return
     found = [f for f in RunFolder.TRAIN_FILES if (out / f).exists()]
     if found:
         raise ValueError(
-            f"{out} already holds a training run ({', '.join(found)}); pass --resume to continue it, "
-            f"--overwrite to replace it, or choose another --out"
+            f"{out} already holds a training run ({', '.join(found)}); pass `resume=True` to continue it, "
+            f"`overwrite=True` to replace it, or choose another `out_dir`"
         )
 
 
@@ -108,18 +108,17 @@ def _train_run(
     cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext,
     data: DataSplits | None,
 ) -> dict[str, Any]:
-    if resume and (out / RunFolder.CONFIG).is_file():
-        old = TrainConfig.load(out / RunFolder.CONFIG)
-        if old.to_dict() != cfg.to_dict():
-            diff = {k: (v, cfg.to_dict()[k]) for k, v in old.to_dict().items() if cfg.to_dict()[k] != v}
-            raise ValueError(f"--resume with a different config than {out / 'config.json'}: {diff}")
+    if resume and _check_resumable(cfg, out):
+        logger.info("%s is already finished; nothing to resume", out)
+        return json.loads((out / RunFolder.SUMMARY).read_text())
     check_device(cfg.device)
     if cfg.amp and not cfg.device.startswith("cuda"):
-        logger.warning("--amp (bf16 autocast) applies on CUDA only; training %s in float32", cfg.device)
+        logger.warning("`amp` (bf16 autocast) applies on CUDA only; training %s in float32", cfg.device)
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg)
     train, val, _ = make_loaders(data, cfg, rank=ctx.rank, world_size=ctx.world_size)
     model = build_training_model(cfg, data).to(ctx.device)
+    _check_accepts(model, cfg, data)
     net = distributed.wrap(model, ctx)  # the model itself unless launched by torchrun
     opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, cfg.decay), cfg.lr, cfg.momentum)
     steps = cfg.epochs * len(train)
@@ -129,7 +128,7 @@ def _train_run(
     start_epoch, history = 0, []
     elapsed = 0.0
     if resume and (out / RunFolder.RESUME).is_file():
-        state = torch.load(out / RunFolder.RESUME, map_location=ctx.device, weights_only=True)
+        state = _load_resume(out / RunFolder.RESUME, ctx.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -181,4 +180,51 @@ def _train_run(
         "world_size": ctx.world_size,
     }
     write_json(out / RunFolder.SUMMARY, summary)
+    (out / RunFolder.RESUME).unlink(missing_ok=True)  # finished: the model file holds everything needed
     return summary
+
+
+def _check_resumable(cfg: TrainConfig, out: Path) -> bool:
+    """Refuse to resume with a config that differs from the saved one (each value named); True
+    when the run is already finished (its ``summary.json`` written and ``resume.pt`` removed)."""
+    if not (out / RunFolder.CONFIG).is_file():
+        return False
+    old, new = TrainConfig.load(out / RunFolder.CONFIG).to_dict(), cfg.to_dict()
+    diff = [f"{k}={new[k]!r} (saved: {v!r})" for k, v in old.items() if new.get(k) != v]
+    if diff:
+        raise ValueError(
+            f"resuming {out} with a different config: {', '.join(diff)}; a resumed run keeps the config "
+            f"saved in {RunFolder.CONFIG} — drop those values, or start a new run in another `out_dir`"
+        )
+    return (out / RunFolder.SUMMARY).is_file() and not (out / RunFolder.RESUME).is_file()
+
+
+def _check_accepts(model: nn.Module, cfg: TrainConfig, data: DataSplits) -> None:
+    """One forward pass on two training images before anything is written: a model that does not
+    fit the dataset (e.g. a 3-channel CIFAR network on 1-channel MNIST) fails here, in one line."""
+    x = data.normalize(data.train_x[:2]).to(next(model.parameters()).device)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"model {cfg.model!r} does not accept {cfg.dataset} inputs of shape {tuple(x.shape[1:])}: {first}; "
+            f"choose a model built for {cfg.dataset} or adapt `model_kwargs`"
+        ) from None
+    finally:
+        model.train()
+
+
+def _load_resume(path: Path, device: Any) -> dict[str, Any]:
+    """``resume.pt``, or one clear error if it is unreadable (truncated copy, disk full, other file)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, pickle errors, EOFError ... for a bad file
+        raise ValueError(
+            f"{path} is not a readable lorita checkpoint ({type(exc).__name__}); it may be truncated — "
+            f"delete it to restart the run from epoch 0 (`overwrite=True`), or restore it from a copy"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "epoch"} <= set(state):
+        raise ValueError(f"{path} is not a lorita resume checkpoint (missing model/optimizer/scheduler/epoch)")
+    return state

@@ -1,0 +1,197 @@
+"""The CLI's command handlers: one ``cmd_*`` per ``lorita`` command (argparse lives in :mod:`lorita.cli`).
+
+Each handler takes the parsed flags, calls the workflow of :mod:`lorita.runs` with library
+arguments, and prints a short result summary (the CLI ring: the only modules that print are this
+one and :mod:`lorita.cli`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cmd_train", "cmd_compress", "cmd_sweep", "cmd_report", "cmd_demo", "cmd_export", "config_from"]
+
+Args = Any  # an argparse.Namespace built by lorita.cli.build_parser
+
+#: --search-only flags (default None in the parser) and the value used when a search leaves them out.
+SEARCH_ONLY = {"tolerance": 1.0, "budget": None, "initial_step": None, "start": None, "multiple": 1,
+               "criterion": "loss", "val_samples": None, "no_keep_dense": False}
+
+
+def config_from(args: Args, **over: Any):
+    """The :class:`~lorita.runs.config.TrainConfig` of ``lorita train`` / ``demo`` flags."""
+    from lorita.runs.config import TrainConfig
+
+    fields = dict(
+        model=getattr(args, "model", "fcn"), model_kwargs=getattr(args, "model_kwargs", {}),
+        dataset=getattr(args, "dataset", "mnist"), data_dir=args.data_dir, val_size=args.val_size,
+        split_seed=args.split_seed, verify=not args.no_verify, limit_train=args.limit_train,
+        depth=getattr(args, "depth", 3), target_modules=getattr(args, "target_modules", None),
+        exclude_modules=getattr(args, "exclude_modules", None), init=getattr(args, "init", "default"),
+        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        decay=args.decay, epochs=args.epochs, batch_size=args.batch_size, scheduler=args.scheduler,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, augment=args.augment,
+        seed=args.seed, device=args.device, amp=args.amp,
+    )
+    fields.update(over)
+    return TrainConfig(**fields)
+
+
+def _resumed_config(args: Args, cfg):
+    """With ``--resume``: the run's saved config, with only the flags given on this command line
+    laid over it (so ``train --out RUN --resume`` needs no other flag; a differing one is named)."""
+    from dataclasses import replace
+
+    from lorita.runs.config import TrainConfig
+    from lorita.runs.folder import RunFolder
+
+    saved_path = RunFolder(args.out) / RunFolder.CONFIG
+    if not saved_path.is_file():
+        return cfg
+    saved = TrainConfig.load(saved_path)
+    given = {("verify" if d == "no_verify" else d) for d in args.given} & set(saved.to_dict())
+    return replace(saved, **{k: getattr(cfg, k) for k in given})
+
+
+def cmd_train(args: Args) -> int:
+    from lorita import distributed
+    from lorita.runs.train import train_run
+
+    cfg = config_from(args)  # validates the flags before any process is started
+    if args.resume:
+        cfg = _resumed_config(args, cfg)
+    if args.nproc < 1:
+        raise ValueError(f"`--nproc` must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not distributed.launched():
+        return distributed.relaunch(args.argv, args.nproc)
+    summary = train_run(cfg, args.out, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
+    if "val_acc" not in summary:  # a DDP rank other than 0: rank 0 reports
+        return 0
+    print(f"trained {cfg.model} depth {cfg.depth}: val acc {100 * summary['val_acc']:.2f}% "
+          f"in {summary['wall_seconds']:.0f}s -> {args.out}")
+    return 0
+
+
+def _check_quantize(kind: str) -> None:
+    from lorita.quantize import int8_available
+
+    reason = int8_available()
+    if reason is not None:
+        raise ValueError(f"--quantize {kind} is not available here: {reason}")
+
+
+def _finetune_config(args: Args):
+    from lorita.finetune import DistillConfig, FinetuneConfig
+
+    if not (args.finetune_epochs or args.distill):
+        return None
+    distill = DistillConfig(args.distill_temperature, args.distill_weight) if args.distill else None
+    return FinetuneConfig(epochs=max(1, args.finetune_epochs), max_batches=args.finetune_batches,
+                          optimizer=args.finetune_optimizer, lr=args.finetune_lr, distill=distill,
+                          when=args.finetune_when)
+
+
+def _search_config(args: Args):
+    from lorita.ranks.search import GreedySearch, parse_budget
+
+    v = {k: (d if getattr(args, k) is None else getattr(args, k)) for k, d in SEARCH_ONLY.items()}
+    start = None
+    if v["start"] is not None:
+        from lorita.ranks.policies import parse_policy
+
+        if v["start"].strip().lower().startswith("macs:"):
+            raise ValueError(f"--start {v['start']}: a MAC budget cannot be a start here; "
+                             f"use energy:F, global:F, params:F, ratio:F or rank:R")
+        start = parse_policy(v["start"])
+    return GreedySearch(tolerance=v["tolerance"], budget=None if v["budget"] is None else parse_budget(v["budget"]),
+                        initial_step=v["initial_step"], multiple=v["multiple"], criterion=v["criterion"],
+                        keep_dense=not v["no_keep_dense"], finetune=_finetune_config(args), seed=args.seed,
+                        start=start)
+
+
+def _print_rows(rep: dict[str, Any]) -> None:
+    for key in ("dense", "low_rank", "int8"):
+        r = rep.get(key)
+        if r:
+            print(f"{r['label']}: val {100 * r['val_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
+                  f"params {r['params']:,}  MACs {r['macs']:,} ({100 * r['macs_frac']:.1f}%)  {r['bytes']:,} bytes")
+
+
+def cmd_compress(args: Args) -> int:
+    from lorita.runs.compress import compress
+    from lorita.runs.folder import RunFolder
+
+    if args.search is not None and args.policy is not None:
+        raise ValueError("give either --policy (one-shot) or --search (greedy), not both")
+    if args.search is None:
+        if args.policy is None:
+            raise ValueError("give a rank policy (--policy energy:0.99 ...) or --search greedy --tolerance 1.0")
+        stray = [k for k in SEARCH_ONLY if getattr(args, k) not in (None, False)]
+        if stray:
+            flags = ", ".join("--" + k.replace("_", "-") for k in stray)
+            raise ValueError(f"{flags} only apply to --search greedy; drop them with --policy (or use --search)")
+    if args.quantize is not None:
+        _check_quantize(args.quantize)
+    searching = args.search is not None
+    out = args.out or str(RunFolder(args.run).default_out("search" if searching else "compress"))
+    rep = compress(
+        args.run, out, _search_config(args) if searching else args.policy,
+        exclude_modules=args.exclude_modules, finetune=None if searching else _finetune_config(args),
+        quantize=args.quantize, val_samples=args.val_samples, data_dir=args.data_dir, device=args.device,
+        progress=not args.no_progress, overwrite=args.overwrite,
+    )
+    _print_rows(rep)
+    what = f"search: {rep['search']['stop_reason']}" if searching else f"policy {args.policy}"
+    print(f"{what} -> {out} (report.md)")
+    return 0
+
+
+def cmd_sweep(args: Args) -> int:
+    from lorita.runs.folder import RunFolder
+    from lorita.runs.sweep import sweep_run
+
+    out = args.out or str(RunFolder(args.run).default_out("sweep", args.policy))
+    res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
+                    progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device)
+    print((Path(out) / RunFolder.SWEEP_MD).read_text())
+    print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
+    return 0
+
+
+def cmd_report(args: Args) -> int:
+    from lorita.runs.report import report_runs
+
+    path = report_runs(args.runs, args.out, data_dir=args.data_dir, labels=args.labels, device=args.device,
+                       progress=not args.no_progress)
+    print(f"-> {path}")
+    return 0
+
+
+def cmd_demo(args: Args) -> int:
+    from lorita.runs.demo import run_demo
+
+    cfg = config_from(args, model="fcn", dataset="mnist", depth=1)
+    print(run_demo(cfg, args.out, depths=tuple(args.depths), budgets=args.budgets, progress=not args.no_progress))
+    return 0
+
+
+def cmd_export(args: Args) -> int:
+    from lorita.export import ONNX_ATOL, ONNX_RTOL
+    from lorita.runs.export import export_dir
+
+    # torch.onnx warns about optional torchvision ops it skips and its own internal deprecations;
+    # neither is actionable here.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path, diff, shape = export_dir(args.dir, args.onnx, form=args.form, policy=args.policy,
+                                       data_dir=args.data_dir, overwrite=args.overwrite)
+    tol = f"{ONNX_ATOL:g} + {ONNX_RTOL:g}·|y|"
+    check = "" if diff is None else f" (onnxruntime vs PyTorch: max |diff| {diff:.2g} <= {tol})"
+    dims = ", ".join(str(d) for d in shape)
+    print(f"exported {args.form} model -> {path}{check}\ninput: float32 (N, {dims}), normalized as in training; "
+          f"output: (N, classes) logits")
+    return 0

@@ -1,0 +1,96 @@
+"""CLI trust fixes (issue 12 items 2, 4, 6): one-line errors, nothing left behind, no silent overwrite,
+flags named in messages, --help with choices and defaults."""
+
+import json
+
+import pytest
+import torch
+from deploy_fixtures import fake_mnist, train_args, trained_run  # noqa: F401
+
+from lorita import cli
+from lorita.cli import flag_message, main
+
+
+@pytest.mark.parametrize(
+    ("msg", "want"),
+    [
+        ("pass `data_dir` pointing at X", "pass --data-dir pointing at X"),
+        ("pass `overwrite=True` to replace it", "pass --overwrite to replace it"),
+        ("pass `verify=False` for other IDX data", "pass --no-verify for other IDX data"),
+        ("use `device='cpu'`", "use --device cpu"),
+        ("`unknown_param` stays", "`unknown_param` stays"),
+    ],
+)
+def test_flag_message(msg, want):
+    assert flag_message(msg) == want
+
+
+def test_wrong_model_for_dataset_is_one_line_and_leaves_nothing(fake_mnist, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "r20"
+    argv = [*train_args(fake_mnist, out), "--model", "resnet20"]
+    argv[argv.index("--model-kwargs") + 1] = '{"width": 2}'
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lorita: error: model 'resnet20' does not accept mnist inputs "
+                                              "of shape (1, 28, 28): "), err
+    assert not out.exists()  # no config.json left to block a rerun
+
+
+def test_corrupt_resume_checkpoint_is_one_line(fake_mnist, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    assert main(train_args(fake_mnist, out)) == 0
+    (out / "summary.json").unlink()
+    (out / "resume.pt").write_bytes(b"PK\x03\x04 not a zip")
+    assert main([*train_args(fake_mnist, out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out / 'resume.pt'} is not a readable lorita checkpoint" in err[0], err
+
+
+def test_compress_a_file_inside_the_run_names_the_folder(trained_run, capsys):  # noqa: F811
+    assert main(["compress", str(trained_run / "model.safetensors"), "--policy", "energy:0.9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"lorita: error: {trained_run / 'model.safetensors'} is a file; pass the run folder that holds "
+                   f"it ({trained_run}), written by `lorita train`")
+
+
+def test_export_refuses_to_overwrite_without_asking(trained_run, fake_mnist, tmp_path, capsys):  # noqa: F811
+    onnx = tmp_path / "m.onnx"
+    argv = ["export", str(trained_run), "--onnx", str(onnx), "--form", "dense", "--data-dir", str(fake_mnist)]
+    assert main(argv) == 0
+    assert "input: float32 (N, 1, 28, 28)" in capsys.readouterr().out  # the expected input is printed
+    before = onnx.read_bytes()
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lorita: error: {onnx} already exists; pass --overwrite to replace it, or choose another path")
+    assert onnx.read_bytes() == before
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_help_lists_choices_and_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "{fcn,resnet18,resnet20,vgg16,vit}" in text and "{cifar10,mnist}" in text
+    assert "(default: fcn)" in text and "(default: mnist)" in text and "(default: 0.05)" in text
+
+
+def test_a_bug_in_lorita_is_not_dressed_up_as_a_user_error(monkeypatch, trained_run, capsys):  # noqa: F811
+    def broken(*a, **k):
+        raise KeyError("internal")
+
+    monkeypatch.setattr("lorita.runs.compress.compress", broken)
+    assert main(["compress", str(trained_run), "--policy", "energy:0.9"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "this is a bug in lorita" in err
+
+
+def test_finished_run_keeps_no_resume_checkpoint_and_resume_is_a_no_op(trained_run, fake_mnist, capsys):  # noqa: F811
+    assert not (trained_run / "resume.pt").exists()
+    before = (trained_run / "model.safetensors").read_bytes()
+    assert main([*train_args(fake_mnist, trained_run), "--resume"]) == 0
+    assert (trained_run / "model.safetensors").read_bytes() == before
+    assert json.loads((trained_run / "summary.json").read_text())["epochs"] >= 1
+    assert torch.__version__  # the run above used the real training path
+
+
+def test_user_errors_are_value_os_and_floating_point_errors_only():
+    assert cli._USER_ERRORS == (ValueError, OSError, FloatingPointError)
