@@ -167,3 +167,18 @@ def test_tests_mirror_the_source_layout():
     assert folders - subpackages <= {"contracts"}, f"test folders with no source package: {folders - subpackages}"
     names = [p.name for p in tests.rglob("test_*.py")]
     assert len(names) == len(set(names)), "test file names must be unique (rootdir import mode)"
+
+
+def test_argparse_only_in_cli_and_prints_only_in_the_cli_ring():
+    """The CLI ring is ``cli.py`` (argparse) and ``commands.py`` (handlers that print); the library logs."""
+    for path in sorted(SRC.rglob("*.py")):
+        rel = str(path.relative_to(SRC))
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in _import_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in _import_nodes(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        if rel != "cli.py":
+            assert "argparse" not in names, f"{rel} imports argparse; only cli.py may"
+        prints = [n.lineno for n in ast.walk(tree)
+                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        if rel not in ("cli.py", "commands.py"):
+            assert not prints, f"{rel} prints (lines {prints}); use logging"

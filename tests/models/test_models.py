@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import lorita
 from lorita import count_macs, count_params, factorize, merge
 from lorita.layers import FactorizedConv2d, FactorizedLinear
 from lorita.models import MODELS, build_model, default_targets
@@ -179,3 +180,19 @@ def test_factorized_resnet_uses_conv_factors():
     convs = [m for m in fac.modules() if isinstance(m, FactorizedConv2d)]
     assert len(convs) == 19
     assert all(len(m.factors) == 3 and m.factors[1].shape == (m.out_channels, m.out_channels) for m in convs)
+
+
+@pytest.mark.parametrize("name", ["fcn", "resnet20", "resnet18", "vgg16", "vit"])
+def test_default_cfg_describes_the_model(name):
+    from lorita.models import DEFAULT_CFGS, MODELS, build_model, default_targets
+
+    cfg = DEFAULT_CFGS[name]
+    assert set(DEFAULT_CFGS) == set(MODELS)
+    model = build_model(name).eval()
+    with torch.no_grad():
+        y = model(torch.zeros(2, *cfg["input_shape"]))
+    assert y.shape == (2, cfg["num_classes"])
+    assert default_targets(name) == (cfg["target_modules"], cfg["exclude_modules"])
+    fact = lorita.factorize(model, depth=2, target_modules=cfg["target_modules"])
+    n_fact = sum(isinstance(m, lorita.layers.FactorizedLayer) for m in fact.modules())
+    assert n_fact >= (2 if name == "fcn" else 4)

@@ -73,6 +73,8 @@ def test_demo_smoke(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "depth 1" in text and "depth 3" in text
     assert (tmp_path / "report.md").is_file() and (tmp_path / "demo.json").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("| budget |") == 1 and report.count("| dense |") == 1  # the table once, not twice
     assert (tmp_path / "depth1" / "model.safetensors").is_file()
     # `make demo` twice: the demo replaces its own runs instead of refusing them
     assert main(["--no-progress", "demo", "--out", str(tmp_path), *SMALL, "--budgets", "0.5", "--depths", "1",

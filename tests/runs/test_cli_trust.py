@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-from deploy_fixtures import fake_mnist, train_args, trained_run  # noqa: F401
 
+from deploy_fixtures import fake_mnist, train_args, trained_run  # noqa: F401
 from lorita import cli
 from lorita.cli import flag_message, main
 
@@ -94,3 +94,23 @@ def test_finished_run_keeps_no_resume_checkpoint_and_resume_is_a_no_op(trained_r
 
 def test_user_errors_are_value_os_and_floating_point_errors_only():
     assert cli._USER_ERRORS == (ValueError, OSError, FloatingPointError)
+
+
+def test_report_never_mixes_a_stale_sweep_with_a_fresh_one(trained_run, fake_mnist, tmp_path, capsys):  # noqa: F811
+    from lorita.runs.sweep import DEFAULT_POINTS
+
+    assert main(["--no-progress", "sweep", str(trained_run), "--policy", "params", "--points", "0.1,0.5",
+                 "--data-dir", str(fake_mnist)]) == 0
+    assert main(["--no-progress", "report", str(trained_run), "--out", str(tmp_path / "rep"),
+                 "--data-dir", str(fake_mnist)]) == 0
+    sweep = json.loads((trained_run / "sweep-params" / "sweep.json").read_text())
+    assert sweep["requested_points"] == DEFAULT_POINTS["params"]  # recomputed at the report's points
+    reached = {r["point"] for r in sweep["points"]}
+    assert {0.1, 0.5} <= reached and len(reached) > 2
+    table = (tmp_path / "rep" / "report.md").read_text().split("## Accuracy vs weight params kept")[1]
+    rows = [ln for ln in table.split("![")[0].splitlines() if ln.startswith("| ") and "test %" not in ln]
+    assert len(rows) == 1 + len(reached)  # dense + every reached point of the one consistent sweep
+    stamp = (trained_run / "sweep-params" / "sweep.json").stat().st_mtime_ns
+    assert main(["--no-progress", "report", str(trained_run), "--out", str(tmp_path / "rep2"),
+                 "--data-dir", str(fake_mnist)]) == 0
+    assert (trained_run / "sweep-params" / "sweep.json").stat().st_mtime_ns == stamp  # matching sweep reused

@@ -10,12 +10,16 @@ from typing import Any
 
 from torch import nn
 
+from lorita.models import fcn as fcn_mod
+from lorita.models import resnet as resnet_mod
+from lorita.models import vgg as vgg_mod
+from lorita.models import vit as vit_mod
 from lorita.models.fcn import FCN
 from lorita.models.resnet import resnet18, resnet20
 from lorita.models.vgg import vgg16
-from lorita.models.vit import VIT_TARGETS, vit
+from lorita.models.vit import vit
 
-__all__ = ["FCN", "MODELS", "build_model", "default_targets"]
+__all__ = ["FCN", "MODELS", "DEFAULT_CFGS", "build_model", "default_targets"]
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -26,15 +30,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vit": vit,  # lorita.models.vit: small SimpleViT for 32x32, patch 4 (qkv="joint" | "separate")
 }
 
-# Layers LoRITa targets by default per model (None = every Linear/Conv2d), and those excluded.
-# CNNs: every conv and the classifier (official LoRITa CIFAR code). ViT: the attention
-# projections and MLP Linears of the blocks, not the patch embedding, norms or head (paper).
-_DEFAULT_TARGETS: dict[str, tuple[Any, Any]] = {
-    "fcn": (None, None),
-    "resnet20": (None, None),
-    "resnet18": (None, None),
-    "vgg16": (None, None),
-    "vit": (VIT_TARGETS, None),
+#: Per model, its ``DEFAULT_CFG`` (timm's ``_cfg``): dataset, input shape, classes and the layers
+#: LoRITa targets by default. CNNs: every conv and the classifier (official LoRITa CIFAR code).
+#: ViT: the attention projections and MLP Linears of the blocks, not the patch embedding, norms or
+#: head (paper).
+DEFAULT_CFGS: dict[str, dict[str, Any]] = {
+    "fcn": fcn_mod.DEFAULT_CFG,
+    "resnet20": resnet_mod.RESNET20_CFG,
+    "resnet18": resnet_mod.RESNET18_CFG,
+    "vgg16": vgg_mod.DEFAULT_CFG,
+    "vit": vit_mod.DEFAULT_CFG,
 }
 
 
@@ -56,4 +61,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 def default_targets(name: str) -> tuple[Any, Any]:
     """``(target_modules, exclude_modules)`` LoRITa uses for a reference model by default."""
-    return _DEFAULT_TARGETS.get(name, (None, None))
+    cfg = DEFAULT_CFGS.get(name, {})
+    return cfg.get("target_modules"), cfg.get("exclude_modules")

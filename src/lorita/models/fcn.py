@@ -13,6 +13,17 @@ from torch import Tensor, nn
 __all__ = ["FCN"]
 
 
+#: timm's ``_cfg`` habit: what the CLI and benchmarks need to know about ``fcn`` in one place.
+DEFAULT_CFG: dict = {
+    "dataset": "mnist",  # the dataset it is built for
+    "input_shape": (1, 28, 28),  # one sample, without the batch axis
+    "num_classes": 10,
+    "target_modules": None,  # LoRITa's default targets (None: every Linear/Conv2d)
+    "exclude_modules": None,
+    "source": "LoRITa §4.1 MNIST FCN (784-512^3-10)",
+}
+
+
 class FCN(nn.Module):
     """Fully connected classifier.
 

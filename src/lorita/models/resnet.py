@@ -31,6 +31,28 @@ from torch import Tensor, nn
 __all__ = ["BasicBlock", "ResNet20", "ResNet18", "resnet20", "resnet18"]
 
 
+#: timm's ``_cfg`` habit: what the CLI and benchmarks need to know about ``resnet20`` in one place.
+RESNET20_CFG: dict = {
+    "dataset": "cifar10",  # the dataset it is built for
+    "input_shape": (3, 32, 32),  # one sample, without the batch axis
+    "num_classes": 10,
+    "target_modules": None,  # LoRITa's default targets (None: every Linear/Conv2d)
+    "exclude_modules": None,
+    "source": "He et al. 2016 CIFAR ResNet-20; LoRITa §4.2",
+}
+
+
+#: timm's ``_cfg`` habit: what the CLI and benchmarks need to know about ``resnet18`` in one place.
+RESNET18_CFG: dict = {
+    "dataset": "cifar10",  # the dataset it is built for
+    "input_shape": (3, 32, 32),  # one sample, without the batch axis
+    "num_classes": 10,
+    "target_modules": None,  # LoRITa's default targets (None: every Linear/Conv2d)
+    "exclude_modules": None,
+    "source": "CIFAR ResNet-18 (projection shortcuts); LoRITa §4.2",
+}
+
+
 class _PadShortcut(nn.Module):
     """Option-A shortcut: ``x[:, :, ::s, ::s]`` zero-padded from ``C_in`` to ``C_out`` channels."""
 

@@ -25,6 +25,17 @@ VGG_CFGS: dict[str, tuple[int | str, ...]] = {
 }
 
 
+#: timm's ``_cfg`` habit: what the CLI and benchmarks need to know about ``vgg16`` in one place.
+DEFAULT_CFG: dict = {
+    "dataset": "cifar10",  # the dataset it is built for
+    "input_shape": (3, 32, 32),  # one sample, without the batch axis
+    "num_classes": 10,
+    "target_modules": None,  # LoRITa's default targets (None: every Linear/Conv2d)
+    "exclude_modules": None,
+    "source": "CIFAR VGG-16 with BatchNorm; LoRITa §4.2",
+}
+
+
 class VGG(nn.Module):
     """VGG-BN for 32×32 inputs.
 

@@ -35,6 +35,15 @@ from torch import Tensor, nn
 __all__ = ["ViT", "vit", "VIT_TARGETS", "sincos_2d"]
 
 VIT_TARGETS = r"blocks\.\d+\.(attn\.to_(qkv|q|k|v|out)|mlp\.fc[12])"
+#: timm's ``_cfg`` habit: what the CLI and benchmarks need to know about ``vit`` in one place.
+DEFAULT_CFG: dict = {
+    "dataset": "cifar10",  # the dataset it is built for
+    "input_shape": (3, 32, 32),  # one sample, without the batch axis
+    "num_classes": 10,
+    "target_modules": VIT_TARGETS,  # LoRITa's default targets (None: every Linear/Conv2d)
+    "exclude_modules": None,
+    "source": "SimpleViT (Beyer et al. 2022), patch 4; LoRITa §4.3: attention + MLP of the blocks",
+}
 
 
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> Tensor:

@@ -75,7 +75,7 @@ def run_demo(
                                 run=load_run(run_dir, data=data)))
         run_dirs.append(run_dir)
     labels = [f"depth {d}" for d in depths]
-    report_runs(run_dirs, out, labels=labels, policy="params", progress=progress, data=data)
+    report_runs(run_dirs, out, labels=labels, policy="params", progress=progress, data=data, points=budgets)
     head = [
         f"## LoRITa demo: FCN {cfg.model_kwargs or '784-512-512-512-10'} on MNIST",
         "",
@@ -114,8 +114,8 @@ def run_demo(
     table = side_by_side(sweeps, labels)
     text = "\n".join(head + verdict + ["", table, ""])
     io.atomic_write_text(out / "summary.md", text)
-    report = (out / "report.md").read_text()
-    io.atomic_write_text(out / "report.md", text + "\n" + report)
+    report = (out / "report.md").read_text()  # it holds the same table: prepend only the verdict
+    io.atomic_write_text(out / "report.md", "\n".join(head + verdict + [""]) + "\n" + report)
     demo = {"config": cfg.to_dict(), "depths": list(depths), "budgets": budgets, "sweeps": sweeps,
             "summaries": summaries}
     io.atomic_write_text(out / "demo.json", json.dumps(demo, indent=2, sort_keys=True) + "\n")

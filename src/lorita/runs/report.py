@@ -33,6 +33,21 @@ def _history(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _stored_sweep(path: Path, model_file: Path, points: Sequence[float]) -> dict[str, Any] | None:
+    """The stored sweep if it has exactly ``points`` and is newer than the model, else None."""
+    if not path.is_file() or (model_file.is_file() and model_file.stat().st_mtime > path.stat().st_mtime):
+        return None
+    try:
+        sweep = json.loads(path.read_text())
+        have = [float(p) for p in sweep["requested_points"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if len(have) != len(points) or any(abs(a - float(b)) > 1e-12 for a, b in zip(have, points)):
+        logger.info("%s has points %s, not %s: recomputing it", path, have, list(points))
+        return None
+    return sweep
+
+
 def report_runs(
     runs: Sequence[str | Path],
     out_dir: str | Path,
@@ -42,10 +57,14 @@ def report_runs(
     progress: bool = True,
     data: Any = None,
     device: str = "cpu",
+    points: Sequence[float] | None = None,
 ) -> Path:
     """Compare trained runs: spectra per layer, training curves, accuracy vs params kept.
 
-    Uses each run's ``sweep-<policy>/sweep.json`` when present, else computes that sweep.
+    Every run is swept at the same ``points`` (default: :data:`~lorita.runs.sweep.DEFAULT_POINTS` of ``policy``):
+    a run's stored ``sweep-<policy>/sweep.json`` is reused only when it has exactly those points and
+    is newer than the run's model file; otherwise the sweep is recomputed (and stored), so the table
+    and the plot always compare like with like.
     Writes ``report.md``, ``spectra.png``, ``curves.png`` and ``accuracy_vs_params.png``.
 
     Returns:
@@ -57,6 +76,7 @@ def report_runs(
     runs = [Path(r) for r in runs]
     if labels is not None and len(labels) != len(runs):
         raise ValueError(f"`labels` has {len(labels)} entries for {len(runs)} runs; give one per run")
+    points = list(DEFAULT_POINTS[policy] if points is None else points)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spectra, sweeps, names, histories = {}, [], [], {}
@@ -69,10 +89,11 @@ def report_runs(
         spectra[name] = singular_values(loaded.dense, *loaded.targets)
         histories[name] = _history(run_dir)
         sweep_file = RunFolder(run_dir).default_out("sweep", policy) / RunFolder.SWEEP
-        if sweep_file.is_file():
-            sweeps.append(json.loads(sweep_file.read_text()))
+        stored = _stored_sweep(sweep_file, run_dir / RunFolder.MODEL, points)
+        if stored is not None:
+            sweeps.append(stored)
         else:
-            sweeps.append(sweep_run(run_dir, policy, DEFAULT_POINTS[policy], sweep_file.parent,
+            sweeps.append(sweep_run(run_dir, policy, points, sweep_file.parent,
                                     progress=progress, run=loaded))
     plot_spectra(spectra, out / "spectra.png")
     if any(histories.values()):

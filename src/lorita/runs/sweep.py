@@ -73,7 +73,8 @@ def sweep_run(
         row["point"] = p
         rows.append(row)
     result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
-              "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows}
+              "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows,
+              "requested_points": [float(p) for p in pts]}  # infeasible ones are skipped in "points"
     series, labels = [result], [f"depth {run.cfg.depth}"]
     if search_tolerances:
         result["search_points"] = search_points(run, search_tolerances, progress=progress)
