@@ -10,9 +10,12 @@ Optional dependencies: ``pip install 'lorita[onnx]'`` (onnx, onnxscript, onnxrun
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +38,58 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message, without ANSI colour codes."""
+    """The first non-empty line of an exception's message, without ANSI colour codes; for
+    torch.onnx's multi-line report, the line under its ``## Exception summary`` heading (the
+    cause) instead of the generic first line."""
     text = _ANSI.sub("", str(exc)).strip()
-    return text.splitlines()[0].strip()[:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines[:-1]):
+        if ln.lstrip("#").strip().lower() == "exception summary":
+            return lines[i + 1][:limit]
+    return lines[0][:limit]
+
+
+# Known noise of torch.onnx's exporter, silenced only for the duration of one export: the
+# "torchvision is not installed. Skipping torchvision::nms" notices (logged once per op by its
+# registry) and torch.export's pytree FutureWarning about ``LeafSpec``.
+_NOISY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+class _DropTorchvisionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchvision is not installed" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    log = logging.getLogger(_NOISY_LOGGER)
+    notice = _DropTorchvisionNotice()
+    log.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        log.removeFilter(notice)
+
+
+def _batch_independent(model: nn.Module) -> nn.Module:
+    """``model``, or a copy whose factorized layers run ``forward_mode="merged"`` where they were
+    ``"auto"``: "auto" picks chain or merged by the batch size, a branch a dynamic-batch export
+    cannot capture; "merged" computes the same map (exact up to float rounding) for every batch."""
+    auto = [fqn for fqn, m in model.named_modules() if getattr(m, "forward_mode", None) == "auto"]
+    if not auto:
+        return model
+    work = copy.deepcopy(model)
+    for fqn in auto:
+        work.get_submodule(fqn).forward_mode = "merged"
+    logger.info(
+        "export_onnx: %d factorized layers exported with forward_mode='merged' (was 'auto'); export "
+        "lorita.merge(model) for a smaller file with the same outputs", len(auto),
+    )
+    return work
 
 
 def _shapes(inputs: tuple[Tensor, ...]) -> str:
@@ -137,6 +189,12 @@ def export_onnx(
             mismatch beyond ``ONNX_ATOL + ONNX_RTOL·|y|`` raises and writes nothing.
         input_names: ONNX input names (default ``input``, ``input_1``, ...).
 
+    A factorized model (training form) is exported as it is, its layers in
+    ``forward_mode="merged"`` (the product of the factors, then one matmul/conv) where they were
+    ``"auto"``, since "auto" branches on the batch size; ``model`` itself is not changed. Export
+    ``lorita.merge(model)`` for the smaller dense file with the same outputs. The exporter's known
+    noise (torchvision notices, a pytree ``FutureWarning``) is silenced during the call only.
+
     Returns:
         ``(path, max |ort − torch|)`` (the difference is None when ``check=False``).
 
@@ -169,15 +227,17 @@ def export_onnx(
     diff = None
     try:
         _check_runs(model, inputs)
+        exported = _batch_independent(model)
         with atomic_path(path, suffix=".tmp.onnx") as tmp:
             try:
-                torch.onnx.export(
-                    model, inputs, tmp, dynamo=True, dynamic_shapes=dynamic, input_names=names,
-                    opset_version=opset_version, external_data=False, verbose=False,
-                )
+                with _quiet_exporter():
+                    torch.onnx.export(
+                        exported, inputs, tmp, dynamo=True, dynamic_shapes=dynamic, input_names=names,
+                        opset_version=opset_version, external_data=False, verbose=False,
+                    )
             except Exception as exc:  # torch.onnx raises many types; report one line and the cause
                 raise ValueError(f"torch.onnx.export failed for {type(model).__name__}: {_one_line(exc)}") from exc
-            if check:
+            if check:  # against the model as given (its own forward modes)
                 diff, within = onnx_max_abs_diff(model, tmp, inputs)
                 if not within:
                     raise ValueError(

@@ -210,7 +210,9 @@ def _low_rank_skeleton(cls: type, mod: nn.Module, rank: int) -> nn.Module:
     return cls._empty_like(mod, rank).train(mod.training)
 
 
-def _rebuild(model: nn.Module, layers: Mapping[str, Any], path: Path) -> None:
+def _rebuild(model: nn.Module, layers: Mapping[str, Any], path: Path) -> nn.Module:
+    """Rebuild the manifest's factorized/low-rank layers on ``model``; returns the model (the
+    rebuilt layer itself when the file holds a bare layer, fqn ``""``)."""
     from lorita.surgery import _set_module  # local: surgery imports layers only
 
     modules = dict(model.named_modules())
@@ -255,8 +257,11 @@ def _rebuild(model: nn.Module, layers: Mapping[str, Any], path: Path) -> None:
                 f"{path}: cannot rebuild layer `{fqn}` from manifest entry {dict(spec)}: {exc}; re-save the model"
             ) from None
         new_layers[fqn] = new
+    if "" in new_layers:
+        return new_layers[""]
     for fqn, new in new_layers.items():
         _set_module(model, fqn, new)
+    return model
 
 
 def _lorita_layers(model: nn.Module) -> list[tuple[str, str]]:
@@ -367,8 +372,7 @@ def load(model: nn.Module, path: str | Path, inplace: bool = False) -> nn.Module
             f"built, unmodified instance of {name} (e.g. lorita.load({name}(...), path)), not a factorized or "
             f"low-rank one — the file rebuilds its factorized/low-rank layers itself"
         )
-    work = copy.deepcopy(model)
-    _rebuild(work, manifest["layers"], path)
+    work = _rebuild(copy.deepcopy(model), manifest["layers"], path)
     _check_tensors(work, path, manifest, cls_hint)
     try:
         missing, unexpected = load_model(work, str(path), strict=False)
@@ -388,6 +392,6 @@ def load(model: nn.Module, path: str | Path, inplace: bool = False) -> nn.Module
         )
     if not inplace:
         return work
-    _rebuild(model, manifest["layers"], path)
+    model = _rebuild(model, manifest["layers"], path)
     model.load_state_dict(work.state_dict(), strict=True)
     return model

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from lorita import linalg
 from lorita.layers import ForwardMode, Init, kinds
 from lorita.layers.attention import PROJECTIONS, FactorizedMultiheadAttention, ProjectionView
-from lorita.targeting import TargetPlan, Targets, find_targets, is_inside
+from lorita.layers.fastpath import sync_fast_paths
+from lorita.targeting import TargetPlan, Targets, aliases, child_name, find_targets, is_inside, tied_modules
 
 __all__ = [
     "factorize",
@@ -45,14 +46,23 @@ _WEIGHT_KINDS = kinds.WEIGHT_CHECKS
 
 
 def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    """Put ``new`` at ``fqn`` inside ``model`` (not the root: see :func:`_swap_all`), then keep
+    PyTorch's fused encoder fast path off wherever a stock encoder now holds a lorita layer
+    (:mod:`lorita.layers.fastpath`)."""
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+    sync_fast_paths(model, fqn)
 
 
-def _swap_all(model: nn.Module, replacements: Mapping[str, nn.Module]) -> None:
+def _swap_all(model: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
+    """Swap every replacement in; returns the model — the replacement itself when the root
+    (fqn ``""``, e.g. a bare ``nn.Linear``) is replaced, since a module cannot change its class."""
+    if "" in replacements:
+        return replacements[""]
     for fqn, new in replacements.items():
         _set_module(model, fqn, new)
+    return model
 
 
 def _work_copy(model: nn.Module, inplace: bool) -> nn.Module:
@@ -122,7 +132,9 @@ def factorize(
 
     Returns:
         The factorized model. Layers that match but cannot be handled are left untouched and
-        logged (``logging.WARNING``) with the reason; :func:`factorize_plan` returns them.
+        logged (``logging.WARNING``) with the reason; :func:`factorize_plan` returns them. A bare
+        layer (``factorize(nn.Linear(64, 64))``) is itself the target: its factorized form is
+        returned (a new object, even with ``inplace=True``).
 
     Raises:
         ValueError: ``depth < 1``, bad ``init``/``forward_mode``, invalid regex, or no layer matched.
@@ -149,7 +161,7 @@ def factorize(
                 linalg.ensure_finite(p.detach(), pname)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"`{fqn}`: {exc}") from None
-    _swap_all(work, new)
+    work = _swap_all(work, new)
     logger.info("factorize: %d layers at depth %d", len(new), depth)
     return work
 
@@ -178,8 +190,7 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
                 raise ValueError(f"`{fqn}`: {exc}") from None
     if not new:
         logger.info("merge: no factorized or low-rank layers; nothing to merge")
-    _swap_all(work, new)
-    return work
+    return _swap_all(work, new)
 
 
 def effective_weight(module: nn.Module) -> Tensor:
@@ -232,10 +243,10 @@ def weight_layers(
             continue
         if isinstance(mod, nn.MultiheadAttention):
             for proj in PROJECTIONS:
-                out[f"{fqn}.{proj}"] = ProjectionView(mod, proj)
+                out[child_name(fqn, proj)] = ProjectionView(mod, proj)
         elif isinstance(mod, FactorizedMultiheadAttention):
             for proj in PROJECTIONS:
-                out[f"{fqn}.{proj}"] = getattr(mod, proj)
+                out[child_name(fqn, proj)] = getattr(mod, proj)
         else:
             out.setdefault(fqn, mod)
     return list(out.items())
@@ -277,6 +288,7 @@ def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Mod
     if not ranks:
         raise ValueError("`ranks` is empty; pass {layer name: rank} (e.g. from lorita.select_ranks)")
     modules = dict(model.named_modules())
+    tied, alias = tied_modules(model), aliases(model)
     layers: dict[str, nn.Module] = {}
     for fqn in ranks:
         if not isinstance(fqn, str):
@@ -284,6 +296,18 @@ def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Mod
         mod = modules.get(fqn)
         parent_name, _, leaf = fqn.rpartition(".")
         parent = modules.get(parent_name)
+        owner = parent_name if isinstance(parent, nn.MultiheadAttention) and leaf in PROJECTIONS else fqn
+        if owner in alias:
+            raise ValueError(
+                f"`{fqn}`: the same module object is also registered as {alias[owner]}; replacing one name "
+                f"would leave the other dense — drop `{fqn}` from `ranks`, or register distinct modules"
+            )
+        if owner in tied:
+            raise ValueError(
+                f"`{fqn}`: its weight is shared with `{tied[owner]}` (tied weights); truncating or splitting it "
+                f"would change `{tied[owner]}` too, or break the tie and grow the params — drop `{fqn}` from "
+                f"`ranks` (lorita.select_ranks skips it), or untie the weights first"
+            )
         if isinstance(parent, nn.MultiheadAttention) and leaf in PROJECTIONS:
             reason = kinds.dense_reason(parent)
             if reason:
@@ -321,9 +345,14 @@ def truncate(model: nn.Module, ranks: Mapping[str, int], inplace: bool = False) 
         ranks: ``{fqn: rank}`` with ``1 <= rank <= min(out, in·k·k)``.
         inplace: modify ``model`` itself instead of a deep copy.
 
+    The model may itself be the layer (key ``""``, e.g. ``truncate(nn.Linear(64, 64), {"": 4})``).
+
     Raises:
         ValueError / TypeError: unknown layer, still-factorized layer, rank out of range,
-            non-finite weight — all before anything is modified.
+            non-finite weight, a layer whose weight is tied to another module's (e.g. an LM head
+            sharing its embedding: truncating it would change the embedding too) or a module
+            registered under two names — all before anything is modified; the message names
+            both modules.
     """
     _check_ranks(model, ranks)
     work = _work_copy(model, inplace)
@@ -344,6 +373,11 @@ def to_low_rank(model: nn.Module, ranks: Mapping[str, int], inplace: bool = Fals
     Conv2d → :class:`LowRankConv2d` (k×k conv with ``r`` filters, then 1×1 conv). A layer is split
     only where ``r·(m + n) < m·n`` (paper §2.9); elsewhere it stays dense with its rank-``r``
     truncated weight, so the result always computes what ``truncate(model, ranks)`` computes.
+
+    The model may itself be the layer: ``to_low_rank(nn.Linear(64, 64), {"": 4})`` returns a
+    :class:`LowRankLinear` (``""`` is the root's name in ``named_modules()``, the key
+    :func:`lorita.select_ranks` gives it). A new object is returned then even with
+    ``inplace=True`` — a module cannot change its class — so always use the return value.
 
     Raises:
         ValueError / TypeError: as :func:`truncate`, before anything is modified.
@@ -368,5 +402,4 @@ def to_low_rank(model: nn.Module, ranks: Mapping[str, int], inplace: bool = Fals
     with torch.no_grad():
         for fqn, w in new_weights.items():
             layers[fqn].weight.copy_(w)
-    _swap_all(work, new_layers)
-    return work
+    return _swap_all(work, new_layers)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["TargetPlan", "find_targets", "matches", "is_inside", "Targets"]
+__all__ = ["TargetPlan", "find_targets", "matches", "Targets", "is_inside", "child_name", "tied_modules", "aliases"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ def matches(fqn: str, spec: Targets) -> bool:
     return False
 
 
+def child_name(fqn: str, name: str) -> str:
+    """The fqn of ``name`` under module ``fqn`` (``""`` is the root: no leading dot)."""
+    return f"{fqn}.{name}" if fqn else name
+
+
 def _validate_spec(spec: Targets, arg: str) -> None:
     if spec is None:
         return
@@ -92,8 +97,22 @@ class TargetPlan:
         return [n for n, _ in self.targets]
 
 
-def _tied(model: nn.Module) -> dict[str, str]:
-    """``{fqn: other fqn}`` for modules whose own parameters are also owned by another module."""
+def aliases(model: nn.Module) -> dict[str, str]:
+    """``{fqn: other fqns}`` for modules registered under more than one name (one object)."""
+    names: dict[int, list[str]] = {}
+    for fqn, mod in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(mod), []).append(fqn)
+    out: dict[str, str] = {}
+    for group in names.values():
+        if len(group) > 1:
+            for n in group:
+                out[n] = ", ".join(f"`{o}`" for o in group if o != n)
+    return out
+
+
+def tied_modules(model: nn.Module) -> dict[str, str]:
+    """``{fqn: other fqn(s)}`` for modules whose own parameters are also owned by another module
+    (tied weights, e.g. a language-model head sharing its embedding's weight)."""
     owners: dict[int, list[str]] = {}
     for fqn, mod in model.named_modules(remove_duplicate=False):
         for p in mod.parameters(recurse=False):
@@ -166,15 +185,15 @@ def find_targets(
     spec_x = exclude_modules if isinstance(exclude_modules, str) or exclude_modules is None else list(exclude_modules)
     plan = TargetPlan()
     seen: dict[int, str] = {}
-    tied = _tied(model)
+    tied = tied_modules(model)
     candidates: list[str] = []
     names: list[str] = []  # every name a pattern may match (attention projections included)
     for fqn, mod in model.named_modules(remove_duplicate=False):
-        if fqn == "":
-            continue
+        if fqn == "" and type(mod) not in kinds:
+            continue  # the root is a target only when it is itself a layer (e.g. a bare nn.Linear)
         names.append(fqn)
         if isinstance(mod, nn.MultiheadAttention):
-            names += [f"{fqn}.in_proj", f"{fqn}.out_proj"]
+            names += [child_name(fqn, "in_proj"), child_name(fqn, "out_proj")]
         supported = type(mod) in kinds
         if supported:
             candidates.append(fqn)
