@@ -141,7 +141,7 @@ def cmd_compress(args: Args) -> int:
         args.run, out, _search_config(args) if searching else args.policy,
         exclude_modules=args.exclude_modules, finetune=None if searching else _finetune_config(args),
         quantize=args.quantize, val_samples=args.val_samples, data_dir=args.data_dir, device=args.device,
-        progress=not args.no_progress, overwrite=args.overwrite,
+        progress=not args.no_progress, overwrite=args.overwrite, eval_batch_size=args.eval_batch_size,
     )
     _print_rows(rep)
     what = f"search: {rep['search']['stop_reason']}" if searching else f"policy {args.policy}"
@@ -155,7 +155,8 @@ def cmd_sweep(args: Args) -> int:
 
     out = args.out or str(RunFolder(args.run).default_out("sweep", args.policy))
     res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
-                    progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device)
+                    progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device,
+                    eval_batch_size=args.eval_batch_size)
     print((Path(out) / RunFolder.SWEEP_MD).read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0
@@ -165,7 +166,7 @@ def cmd_report(args: Args) -> int:
     from lorita.runs.report import report_runs
 
     path = report_runs(args.runs, args.out, data_dir=args.data_dir, labels=args.labels, device=args.device,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, eval_batch_size=args.eval_batch_size)
     print(f"-> {path}")
     return 0
 

@@ -117,3 +117,22 @@ def test_mac_budget_weights_layers_by_output_positions():
 def test_unknown_policy_object_is_a_type_error(mlp):
     with pytest.raises(TypeError, match="unknown rank policy"):
         lorita.select_ranks(mlp, 0.5)
+
+
+def test_rank_one_on_a_small_head_is_warned_naming_the_layer(caplog):
+    # body 40x40 with a flat spectrum; "head" 10x40 with a flat spectrum (rank 1 keeps 10% energy)
+    model = _model_with_spectra([((40, 40), [1.0] * 40), ((10, 40), [1.0] * 10)])
+    with caplog.at_level("WARNING", logger="lorita.ranks.policies"):
+        ranks = lorita.select_ranks(model, lorita.RankRatio(0.1))
+    assert ranks == {"0": 4, "1": 1}
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(msgs) == 1
+    assert "`1` (10×40, max rank 10) gets rank 1" in msgs[0] and "10.0% of its energy" in msgs[0]
+    assert "`exclude_modules=1`" in msgs[0]
+
+
+def test_rank_one_keeping_most_energy_is_not_warned(caplog):
+    model = _model_with_spectra([((10, 40), [10.0, 0.1, 0.1])])  # rank 1 keeps 99.98%
+    with caplog.at_level("WARNING", logger="lorita.ranks.policies"):
+        assert lorita.select_ranks(model, lorita.RankRatio(0.1)) == {"0": 1}
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

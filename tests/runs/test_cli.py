@@ -195,3 +195,26 @@ def test_evaluation_commands_reject_missing_cuda_in_one_line(trained, tmp_path, 
     assert main(["--no-progress", *argv]) == 2
     err = capsys.readouterr().err
     assert "CUDA is not available" in err and "Traceback" not in err
+
+
+def test_a_head_cut_to_rank_one_is_warned_with_the_flag_that_keeps_it(trained, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorita", "--no-progress", "compress", str(trained), "--policy", "ratio:0.1",
+         "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "gets rank 1" in ln]
+    assert len(lines) == 1 and lines[0].startswith("WARNING lorita.ranks.policies: `layers.4` (10×64, max rank 10)")
+    assert "(--exclude-modules layers.4)" in lines[0]
+
+
+def test_eval_batch_size_reaches_the_loaders_and_bad_values_name_the_flag(trained, tmp_path, capsys):
+    from lorita.runs.folder import EVAL_BATCH_SIZE, load_run
+
+    assert EVAL_BATCH_SIZE == 256 and load_run(trained).val.batch_size == 256
+    run = load_run(trained, eval_batch_size=7)
+    assert run.val.batch_size == 7 and run.test.batch_size == 7 and len(run.val) == -(-len(run.data.val_y) // 7)
+    assert main(["--no-progress", "compress", str(trained), "--policy", "energy:0.9", "--eval-batch-size", "0",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.strip() == "lorita: error: --eval-batch-size must be a positive integer, got 0"
+    assert not (tmp_path / "c").exists()

@@ -317,17 +317,40 @@ def select_ranks(
         policy = parse_policy(policy)
     if isinstance(policy, _LAYER_POLICIES):
         infos = layer_infos(model, target_modules, exclude_modules)
-        return {i.name: int(policy(i)) for i in infos}
+        return _warn_rank_one(infos, {i.name: int(policy(i)) for i in infos}, policy)
     if isinstance(policy, ParamBudget):
         infos = layer_infos(model, target_modules, exclude_modules)
-        return _budget_ranks(infos, policy.fraction, use_macs=False)
+        return _warn_rank_one(infos, _budget_ranks(infos, policy.fraction, use_macs=False), policy)
     if isinstance(policy, MacBudget):
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
-        return _budget_ranks(infos, policy.fraction, use_macs=True)
+        return _warn_rank_one(infos, _budget_ranks(infos, policy.fraction, use_macs=True), policy)
     raise TypeError(
         f"unknown rank policy {policy!r}; use FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, "
         f"ParamBudget or MacBudget"
     )
+
+
+#: A layer cut to rank 1 while keeping less than this share of its energy ``Σ S²`` is logged
+#: (``logging.WARNING``): typically a small classifier head under a uniform ratio (``ratio:0.1`` on
+#: a 10-class head), where rank 1 collapses the logits onto one direction.
+RANK_ONE_WARN_ENERGY = 0.9
+
+
+def _warn_rank_one(infos: list[LayerInfo], ranks: dict[str, int], policy: Any) -> dict[str, int]:
+    """Log one warning per layer that ``policy`` cuts to rank 1 although it has more than one
+    direction and rank 1 keeps < :data:`RANK_ONE_WARN_ENERGY` of its energy; returns ``ranks``."""
+    for info in infos:
+        if ranks.get(info.name) != 1 or info.max_rank <= 1:
+            continue
+        kept = float(linalg.energy(info.S)[0])
+        if kept < RANK_ONE_WARN_ENERGY:
+            m, n = info.shape
+            logger.warning(
+                "`%s` (%d×%d, max rank %d) gets rank 1 under %r, keeping %.1f%% of its energy; a small "
+                "layer such as a classifier head usually needs more — exclude it (`exclude_modules=%s`) or "
+                "use a gentler policy", info.name, m, n, info.max_rank, policy, 100 * kept, info.name,
+            )
+    return ranks
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from lorita.runs.folder import (
     LoadedRun,
     RunFolder,
     build_info,
+    EVAL_BATCH_SIZE,
     load_run,
     make_loaders,
     model_row,
@@ -58,6 +59,7 @@ def compress(
     device: str = "cpu",
     progress: bool = True,
     overwrite: bool = False,
+    eval_batch_size: int = EVAL_BATCH_SIZE,
 ) -> dict[str, Any]:
     """``lorita compress``: merge a trained run, choose ranks, split, fine-tune, report (one writer).
 
@@ -73,6 +75,7 @@ def compress(
         val_samples: search only: evaluate on the first N validation images.
         data_dir: override the run's data folder. device: where to evaluate / search / fine-tune.
         progress: progress bars. overwrite: replace an earlier compression in ``out_dir``.
+        eval_batch_size: images per evaluation forward pass (see ``runs.folder.EVAL_BATCH_SIZE``).
 
     Returns:
         the report (also ``report.json``): ``dense`` and ``low_rank`` rows (accuracies, params, MACs
@@ -96,7 +99,7 @@ def compress(
             f"{out} already holds a compressed model ({RunFolder.REPORT}); pass `overwrite=True` to replace "
             f"it, or choose another `out_dir`"
         )
-    run = load_run(run_dir, data_dir, device=device)
+    run = load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
     t0 = time.perf_counter()
     if searching:
         result = run_search(run, ranks, val_samples, exclude_modules, progress)
@@ -108,8 +111,8 @@ def compress(
         meta, ft_cfg, label, result = {"policy": ranks}, finetune, ranks, None
     if ft_cfg is not None:
         label += " + fine-tune" + (" + distill" if ft_cfg.distill is not None else "")
-    dense_row = model_row(run, run.dense, "dense (merged)")
-    low_row = model_row(run, low, f"low-rank ({label})", rank_map)
+    dense_row = model_row(run, run.dense, "dense (merged)", progress=progress)
+    low_row = model_row(run, low, f"low-rank ({label})", rank_map, progress=progress)
     low_row["wall_seconds"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)  # created only once the inputs are known to be good
     build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data

@@ -11,7 +11,7 @@ from typing import Any
 
 from lorita import io
 from lorita.runs.config import TrainConfig
-from lorita.runs.folder import RunFolder, load_run
+from lorita.runs.folder import EVAL_BATCH_SIZE, RunFolder, load_run
 from lorita.runs.markdown import side_by_side
 from lorita.runs.plots import plot_curves, plot_spectra, plot_sweeps
 from lorita.runs.sweep import DEFAULT_POINTS, sweep_run
@@ -58,6 +58,7 @@ def report_runs(
     data: Any = None,
     device: str = "cpu",
     points: Sequence[float] | None = None,
+    eval_batch_size: int = EVAL_BATCH_SIZE,
 ) -> Path:
     """Compare trained runs: spectra per layer, training curves, accuracy vs params kept.
 
@@ -66,6 +67,7 @@ def report_runs(
     is newer than the run's model file; otherwise the sweep is recomputed (and stored), so the table
     and the plot always compare like with like.
     Writes ``report.md``, ``spectra.png``, ``curves.png`` and ``accuracy_vs_params.png``.
+    ``eval_batch_size``: images per evaluation forward pass.
 
     Returns:
         Path of ``report.md``.
@@ -81,7 +83,7 @@ def report_runs(
     out.mkdir(parents=True, exist_ok=True)
     spectra, sweeps, names, histories = {}, [], [], {}
     for i, run_dir in enumerate(runs):
-        loaded = load_run(run_dir, data_dir, data=data, device=device)
+        loaded = load_run(run_dir, data_dir, data=data, device=device, eval_batch_size=eval_batch_size)
         name = labels[i] if labels else _label(loaded.cfg)
         if name in spectra:
             name = f"{name} ({run_dir.name})"

@@ -17,7 +17,7 @@ from lorita._files import write_json
 from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.ranks.search import GreedySearch
 from lorita.runs.compress import run_search
-from lorita.runs.folder import LoadedRun, RunFolder, evaluate_point, load_run, model_row
+from lorita.runs.folder import EVAL_BATCH_SIZE, LoadedRun, RunFolder, evaluate_point, load_run, model_row
 from lorita.runs.markdown import sweep_markdown
 from lorita.runs.plots import plot_sweeps
 
@@ -44,19 +44,21 @@ def sweep_run(
     run: LoadedRun | None = None,
     search_tolerances: Sequence[float] | None = None,
     device: str = "cpu",
+    eval_batch_size: int = EVAL_BATCH_SIZE,
 ) -> dict[str, Any]:
     """Accuracy vs cost for many points of one policy kind from one trained model.
 
     With ``search_tolerances`` (accuracy points), the greedy rank search (:func:`lorita.search`)
     also runs once per tolerance; its points go to ``search_points`` and onto the same plot.
-    Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``out_dir``.
+    Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``out_dir``. ``eval_batch_size``:
+    images per evaluation forward pass.
     """
     if policy_kind not in DEFAULT_POINTS and policy_kind != "rank":
         raise ValueError(f"unknown policy kind {policy_kind!r}; choose one of {sorted(DEFAULT_POINTS) + ['rank']}")
     pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
     if not pts:
         raise ValueError(f"give `points` for policy {policy_kind!r}")
-    run = run or load_run(run_dir, data_dir, device=device)
+    run = run or load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dense_row, _ = evaluate_point(run, None, "dense")
