@@ -31,7 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Int8Report", "calibration_batches", "quantize_onnx", "compare_onnx", "onnx_session", "ACTIVATIONS"]
+__all__ = [
+    "Int8Report", "calibration_batches", "quantize_onnx", "compare_onnx", "onnx_session", "strip_debug_metadata",
+    "ACTIVATIONS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +168,26 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(quiet)
 
 
+def strip_debug_metadata(path: str | Path) -> int:
+    """Drop the per-node debug metadata (``metadata_props``: the exporter's stack traces, fx node
+    text, name scopes) and doc strings of the ONNX file ``path``, in place; returns the new size.
+
+    torch.onnx writes several hundred bytes of it per node; a QDQ graph has about three nodes per
+    layer, so in a small int8 CNN this text outweighs the int8 weights (resnet20 at
+    ``RankRatio(0.3)``: 224 kB with it, 146 kB without). Names, shapes and outputs are unchanged.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph] + [f for f in model.functions]
+    for g in graphs:
+        for node in g.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    onnx.save(model, str(path))
+    return os.path.getsize(path)
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -174,7 +197,8 @@ def quantize_onnx(
     per_channel: bool = True,
     reduce_range: bool = False,
 ) -> None:
-    """Quantize the fp32 ONNX file ``fp32_path`` to a QDQ int8 file ``int8_path`` (overwritten).
+    """Quantize the fp32 ONNX file ``fp32_path`` to a QDQ int8 file ``int8_path`` (overwritten),
+    without the exporter's per-node debug metadata (:func:`strip_debug_metadata`).
 
     Args:
         fp32_path: an fp32 model exported by :func:`lorita.export_onnx` (BatchNorm folded first
@@ -231,6 +255,7 @@ def quantize_onnx(
             raise ValueError(
                 f"onnxruntime could not quantize {fp32_path}: {text[0][:300] if text else type(exc).__name__}"
             ) from exc
+    strip_debug_metadata(int8_path)
 
 
 def compare_onnx(fp32_path: str | Path, int8_path: str | Path, batches: list[tuple[Tensor, ...]]) -> dict[str, Any]:
