@@ -195,8 +195,8 @@ def export_onnx(
         int8: None (default: the fp32 file), or calibration inputs — a tensor ``(N, ...)`` shaped
             like ``example_inputs`` or an iterable of batches, e.g. a few hundred normalized
             *training* images (never test images) — to write a static int8 QDQ file instead, with
-            the defaults of :func:`export_int8` (BatchNorm folded, per-channel int8 weights,
-            uint8 activations; checked by onnxruntime against the fp32 export).
+            the defaults of :func:`export_int8` (BatchNorm folded, per-channel 7-bit-range int8
+            weights, uint8 activations; checked by onnxruntime against the fp32 export).
 
     A factorized model (training form) is exported as it is, its layers in
     ``forward_mode="merged"`` (the product of the factors, then one matmul/conv) where they were
@@ -274,7 +274,7 @@ def export_int8(
     activations: str = "quint8",
     calibrate_method: str = "minmax",
     per_channel: bool = True,
-    reduce_range: bool = False,
+    reduce_range: bool = True,
     batch_size: int = 64,
     min_agreement: float | None = None,
     check_samples: int = 512,
@@ -358,7 +358,7 @@ def export_int8(
                 )
             report = Int8Report(
                 path, file_bytes(fp32), file_bytes(out), agree, cmp["max_abs_diff"], cmp["output_scale"], cmp["n"],
-                sum(b[0].shape[0] for b in batches), activations, calibrate_method,
+                sum(b[0].shape[0] for b in batches), activations, calibrate_method, reduce_range,
             )
     if agree is not None and agree < 0.9:
         logger.warning("int8 export %s: top-1 agrees with fp32 on only %.1f%% of %d calibration samples",
