@@ -25,7 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from lorita._files import atomic_path, file_bytes
-from lorita.export_int8 import Int8Report, calibration_batches, compare_onnx, quantize_onnx, strip_debug_metadata
+from lorita.export_int8 import (
+    Int8Report,
+    calibration_batches,
+    compare_onnx,
+    first_samples,
+    log_report,
+    quantize_onnx,
+    strip_debug_metadata,
+)
 from lorita.fold import fold_batchnorm
 
 __all__ = ["export_onnx", "export_int8", "onnx_max_abs_diff", "ONNX_ATOL", "ONNX_RTOL"]
@@ -335,12 +343,7 @@ def export_int8(
         folded = fold_batchnorm(model)
     finally:
         model.train(was_training)
-    check, n = [], 0
-    for b in batches:
-        if n >= check_samples:
-            break
-        check.append(b)
-        n += b[0].shape[0]
+    check = first_samples(batches, check_samples)
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="lorita-int8-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -360,13 +363,5 @@ def export_int8(
                 path, file_bytes(fp32), file_bytes(out), agree, cmp["max_abs_diff"], cmp["output_scale"], cmp["n"],
                 sum(b[0].shape[0] for b in batches), activations, calibrate_method, reduce_range,
             )
-    if agree is not None and agree < 0.9:
-        logger.warning("int8 export %s: top-1 agrees with fp32 on only %.1f%% of %d calibration samples",
-                       path, 100 * agree, report.n_checked)
-    logger.info(
-        "int8 export %s: %d bytes (%.1f%% of fp32's %d), top-1 agreement with fp32 %s on %d samples, "
-        "max |int8 - fp32| %.3g (output scale %.3g)", path, report.int8_bytes, 100 * report.size_ratio,
-        report.fp32_bytes, "n/a" if agree is None else f"{agree:.1%}", report.n_checked, report.max_abs_diff,
-        report.output_scale,
-    )
+    log_report(report)
     return report

@@ -34,7 +34,7 @@ from torch import Tensor
 
 __all__ = [
     "Int8Report", "calibration_batches", "quantize_onnx", "compare_onnx", "onnx_session", "strip_debug_metadata",
-    "ACTIVATIONS",
+    "first_samples", "log_report", "ACTIVATIONS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -292,3 +292,28 @@ def compare_onnx(fp32_path: str | Path, int8_path: str | Path, batches: list[tup
             same += int((ref.argmax(1) == got.argmax(1)).sum())
         n += ref.shape[0]
     return {"agreement": same / n if top1 else None, "max_abs_diff": worst, "output_scale": scale, "n": n}
+
+
+def first_samples(batches: list[tuple[Tensor, ...]], n: int) -> list[tuple[Tensor, ...]]:
+    """The leading batches that hold at least ``n`` samples (all if fewer; at least one batch)."""
+    out, seen = [], 0
+    for b in batches:
+        if out and seen >= n:
+            break
+        out.append(b)
+        seen += b[0].shape[0]
+    return out
+
+
+def log_report(report: Int8Report) -> None:
+    """Log an :class:`Int8Report` at INFO (and a WARNING when top-1 agreement is below 90%)."""
+    agree = report.agreement
+    if agree is not None and agree < 0.9:
+        logger.warning("int8 export %s: top-1 agrees with fp32 on only %.1f%% of %d calibration samples",
+                       report.path, 100 * agree, report.n_checked)
+    logger.info(
+        "int8 export %s: %d bytes (%.1f%% of fp32's %d), top-1 agreement with fp32 %s on %d samples, "
+        "max |int8 - fp32| %.3g (output scale %.3g)", report.path, report.int8_bytes, 100 * report.size_ratio,
+        report.fp32_bytes, "n/a" if agree is None else f"{agree:.1%}", report.n_checked, report.max_abs_diff,
+        report.output_scale,
+    )
