@@ -160,9 +160,10 @@ def markdown(result: dict) -> str:
     lines = [
         "# Static int8 (onnxruntime QDQ) vs fp32 ONNX", "",
         f"Command: `{result['command']}`", "",
-        "Per model and variant: the BatchNorm-folded fp32 export (both files without the exporter's per-node "
-        "debug metadata) vs `lorita.export.export_int8` (QDQ, per-channel "
-        f"int8 weights, activations calibrated (min/max) on {result['calibration_samples']} training images). "
+        "Per model and variant: the BatchNorm-folded fp32 export vs `lorita.export.export_int8` (both files made "
+        "compact the same way: no exporter debug metadata, short internal names; QDQ, per-channel int8 weights "
+        "of the range in the setting column, "
+        f"activations calibrated (min/max) on {result['calibration_samples']} training images). "
         f"Accuracy: onnxruntime top-1 on the first {result['val_samples']} validation images (never test images; "
         "calibration images are training images). Latency ratio = fp32 median / int8 median (> 1: int8 faster), "
         f"onnxruntime {result['onnxruntime']} CPU, 1 intra-op thread, {result['rounds']} interleaved rounds in one "

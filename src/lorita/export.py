@@ -316,8 +316,8 @@ def export_int8(
         check_samples: how many calibration samples the check runs (at least one batch).
 
     Returns:
-        :class:`~lorita.export_int8.Int8Report` (bytes on disk fp32 vs int8 — both without the
-        exporter's per-node debug metadata, see :func:`~lorita.export_int8.strip_debug_metadata` —, top-1 agreement,
+        :class:`~lorita.export_int8.Int8Report` (bytes on disk fp32 vs int8, both made compact
+        the same way by :func:`~lorita.export_int8.strip_debug_metadata`; top-1 agreement;
         max ``|int8 − fp32|``); also logged at INFO.
 
     Raises:
@@ -348,7 +348,7 @@ def export_int8(
     with tempfile.TemporaryDirectory(prefix="lorita-int8-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(folded, inputs, fp32, dynamic_batch, opset_version, True, input_names)
-        strip_debug_metadata(fp32)  # both files without it, so their bytes compare weights and graph
+        strip_debug_metadata(fp32)  # as the int8 file, so their bytes compare weights and graph
         with atomic_path(path, suffix=".tmp.onnx") as out:
             quantize_onnx(fp32, out, batches, activations, calibrate_method, per_channel, reduce_range)
             cmp = compare_onnx(fp32, out, check)

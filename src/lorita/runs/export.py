@@ -173,7 +173,8 @@ def _markdown(summary: dict) -> str:
         f"{summary['val_samples']} validation images (never test images).\n\n" + "\n".join(rows)
         + f"\n\nTop-1 agreement int8 vs fp32 on the slice: {100 * summary['agreement']:.2f}%; accuracy change "
         f"{100 * (q['val_acc'] - f['val_acc']):+.2f} points. The int8 file was quantized from the BatchNorm-folded "
-        f"fp32 export without the exporter's per-node debug metadata ({ref:,} bytes; int8 = "
+        f"fp32 export, made compact as the int8 file (no exporter debug metadata, short internal names: {ref:,} "
+        f"bytes; int8 = "
         f"{100 * q['bytes'] / ref:.1f}% of it).\n"
     )
 
