@@ -10,7 +10,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import lorita
 from lorita.export import _one_line

@@ -7,6 +7,7 @@ back, truncate by SVD, and ship the two-layer low-rank model.
 from lorita.counting import CostReport, LayerCost, count_macs, count_params
 from lorita.export import export_onnx
 from lorita.finetune import DistillConfig, FinetuneConfig, distillation_loss, finetune
+from lorita.fold import fold_batchnorm
 from lorita.io import load, read_manifest, save
 from lorita.layers import (
     FactorizedConv1d,
@@ -84,6 +85,7 @@ __all__ = [
     "count_params",
     "effective_weight",
     "export_onnx",
+    "fold_batchnorm",
     "factorize",
     "factorize_plan",
     "load",

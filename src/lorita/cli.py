@@ -35,6 +35,7 @@ _FLAGS = {
     "nproc": "--nproc", "quantize": "--quantize", "exclude_modules": "--exclude-modules",
     "target_modules": "--target-modules", "finetune": "--finetune-epochs", "onnx_path": "--onnx",
     "eval_batch_size": "--eval-batch-size",
+    "calibration_samples": "--calibration-samples", "val_samples": "--val-samples", "activations": "--int8-activations",
 }
 
 
@@ -269,7 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--form", choices=["low_rank", "dense"], default="low_rank", help="which model")
     e.add_argument("--policy", default=None, help="training folders: compress with this policy first")
     e.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file (and FOLDER/compressed)")
-    e.add_argument("--data-dir", default=None, help="training folders: override the run's data folder")
+    e.add_argument("--data-dir", default=None, help="override the training run's data folder")
+    e.add_argument("--int8", action="store_true",
+                   help="also write NAME.int8.onnx: static int8 (onnxruntime QDQ) calibrated on training images, "
+                        "with NAME.int8.json/.md (bytes, val accuracy fp32 vs int8)")
+    e.add_argument("--calibration-samples", type=int, default=None,
+                   help="--int8: training images to calibrate on (default: 512)")
+    e.add_argument("--val-samples", type=int, default=None,
+                   help="--int8: validation images to score both files on (default: 1000)")
+    e.add_argument("--int8-activations", choices=["quint8", "qint8"], default=None,
+                   help="--int8: activation type; quint8 = onnxruntime's fast x86 kernels (default: quint8)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported", **kw)

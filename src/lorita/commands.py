@@ -186,6 +186,14 @@ def cmd_export(args: Args) -> int:
     # torch.onnx warns about optional torchvision ops it skips and its own internal deprecations;
     # neither is actionable here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    int8_only = {"calibration_samples": 512, "val_samples": 1000, "int8_activations": "quint8"}
+    given = [k for k in int8_only if getattr(args, k) is not None]
+    if given and not args.int8:
+        raise ValueError(f"--{given[0].replace('_', '-')} applies to int8 export; add --int8 (or drop it)")
+    if args.int8:
+        for k, v in int8_only.items():
+            setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
+        return _export_int8(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         path, diff, shape = export_dir(args.dir, args.onnx, form=args.form, policy=args.policy,
@@ -195,4 +203,21 @@ def cmd_export(args: Args) -> int:
     dims = ", ".join(str(d) for d in shape)
     print(f"exported {args.form} model -> {path}{check}\ninput: float32 (N, {dims}), normalized as in training; "
           f"output: (N, classes) logits")
+    return 0
+
+
+def _export_int8(args: Args) -> int:
+    from lorita.runs.export import export_int8_dir, int8_paths
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        s = export_int8_dir(args.dir, args.onnx, form=args.form, policy=args.policy, data_dir=args.data_dir,
+                            calibration_samples=args.calibration_samples, val_samples=args.val_samples,
+                            activations=args.int8_activations, overwrite=args.overwrite)
+    f, q = s["fp32"], s["int8"]
+    md = int8_paths(args.onnx)["md"]
+    print(f"exported {args.form} model -> {f['path']} (fp32, {f['bytes']:,} bytes, val acc {100 * f['val_acc']:.2f}%)\n"
+          f"int8 (calibrated on {s['calibration_samples']} training images) -> {q['path']} ({q['bytes']:,} bytes, "
+          f"{100 * q['bytes'] / f['bytes']:.1f}% of fp32, val acc {100 * q['val_acc']:.2f}%)\n"
+          f"top-1 agreement on {s['val_samples']} validation images: {100 * s['agreement']:.2f}%; summary -> {md}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,9 +24,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lorita._files import atomic_path
+from lorita._files import atomic_path, file_bytes
+from lorita.export_int8 import (
+    Int8Report,
+    calibration_batches,
+    compare_onnx,
+    first_samples,
+    log_report,
+    quantize_onnx,
+    strip_debug_metadata,
+)
+from lorita.fold import fold_batchnorm
 
-__all__ = ["export_onnx", "onnx_max_abs_diff", "ONNX_ATOL", "ONNX_RTOL"]
+__all__ = ["export_onnx", "export_int8", "onnx_max_abs_diff", "ONNX_ATOL", "ONNX_RTOL"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +185,7 @@ def export_onnx(
     opset_version: int | None = None,
     check: bool = True,
     input_names: Sequence[str] | None = None,
+    int8: Any = None,
 ) -> tuple[Path, float | None]:
     """Export ``model`` (eval mode) to one ``.onnx`` file, atomically, and check it.
 
@@ -188,6 +200,11 @@ def export_onnx(
         check: compare onnxruntime with PyTorch on ``example_inputs`` (needs onnxruntime); a
             mismatch beyond ``ONNX_ATOL + ONNX_RTOL·|y|`` raises and writes nothing.
         input_names: ONNX input names (default ``input``, ``input_1``, ...).
+        int8: None (default: the fp32 file), or calibration inputs — a tensor ``(N, ...)`` shaped
+            like ``example_inputs`` or an iterable of batches, e.g. a few hundred normalized
+            *training* images (never test images) — to write a static int8 QDQ file instead, with
+            the defaults of :func:`export_int8` (BatchNorm folded, per-channel 7-bit-range int8
+            weights, uint8 activations; checked by onnxruntime against the fp32 export).
 
     A factorized model (training form) is exported as it is, its layers in
     ``forward_mode="merged"`` (the product of the factors, then one matmul/conv) where they were
@@ -196,15 +213,22 @@ def export_onnx(
     noise (torchvision notices, a pytree ``FutureWarning``) is silenced during the call only.
 
     Returns:
-        ``(path, max |ort − torch|)`` (the difference is None when ``check=False``).
+        ``(path, max |ort − torch|)`` (the difference is None when ``check=False``); with ``int8``,
+        ``(path, max |int8 − fp32|)`` under onnxruntime on the calibration inputs (top-1 agreement
+        logged; :func:`export_int8` returns the full :class:`~lorita.export_int8.Int8Report`).
 
     Raises:
         TypeError: bad ``model``/``example_inputs``.
         ValueError: the model fails on ``example_inputs`` when run eagerly (checked before
             exporting; the message names the input shapes and the model's error), missing optional
             packages, an export failure (first line of torch.onnx's message, colour codes
-            stripped), a model too large for one file, or outputs that differ beyond the tolerance.
+            stripped), a model too large for one file, or outputs that differ beyond the tolerance;
+            with ``int8``, the errors of :func:`export_int8`.
     """
+    if int8 is not None:
+        report = export_int8(model, example_inputs, path, int8, dynamic_batch=dynamic_batch,
+                             opset_version=opset_version, input_names=input_names)
+        return report.path, report.max_abs_diff
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
@@ -248,3 +272,96 @@ def export_onnx(
         model.train(was_training)
     logger.info("exported %s (max |ort - torch| = %s)", path, diff)
     return path, diff
+
+
+def export_int8(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    calibration: Any,
+    activations: str = "quint8",
+    calibrate_method: str = "minmax",
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    batch_size: int = 64,
+    min_agreement: float | None = None,
+    check_samples: int = 512,
+    dynamic_batch: bool = True,
+    opset_version: int | None = None,
+    input_names: Sequence[str] | None = None,
+) -> Int8Report:
+    """Static post-training int8 export: fold BatchNorm, export fp32, quantize (QDQ), check, write.
+
+    Steps: :func:`lorita.fold_batchnorm` on a copy of ``model`` (eval mode); :func:`export_onnx`
+    of the folded model to a temp file (checked against PyTorch); onnxruntime's
+    ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel int8 weights, activations
+    calibrated on ``calibration``; see :mod:`lorita.export_int8`); then both files are run by
+    onnxruntime on the first ``check_samples`` calibration samples and compared. The int8 file
+    is written to ``path`` atomically only if that check passes.
+
+    Args:
+        model, example_inputs, dynamic_batch, opset_version, input_names: as :func:`export_onnx`.
+        path: the int8 ``.onnx`` file to write.
+        calibration: a tensor ``(N, ...)`` or an iterable of batches shaped like
+            ``example_inputs`` except dim 0 (see :func:`~lorita.export_int8.calibration_batches`);
+            use training images, never the test set. A few hundred samples are enough.
+        activations: ``"quint8"`` (default; onnxruntime's fast U8S8 CPU kernels) or ``"qint8"``.
+        calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
+        per_channel, reduce_range: see :func:`~lorita.export_int8.quantize_onnx`.
+        batch_size: calibration batch size when ``calibration`` is one tensor.
+        min_agreement: refuse (write nothing) when the int8 top-1 agrees with fp32 on fewer than
+            this fraction of the checked samples; None (default): report only, with a warning
+            below 90%. Classifier outputs only. (An untrained model's near-tied logits flip
+            easily: a random 4-class CNN on noise agreed on 83%; trained models 97–100%.)
+        check_samples: how many calibration samples the check runs (at least one batch).
+
+    Returns:
+        :class:`~lorita.export_int8.Int8Report` (bytes on disk fp32 vs int8, both made compact
+        the same way by :func:`~lorita.export_int8.strip_debug_metadata`; top-1 agreement;
+        max ``|int8 − fp32|``); also logged at INFO.
+
+    Raises:
+        TypeError: bad ``model``/``example_inputs``. ValueError: onnxruntime or another optional
+            package missing (says ``pip install 'lorita[onnx]'``), calibration batches of the wrong
+            shape (one line naming the batch and the expected shape), an export or quantizer
+            failure, or agreement below ``min_agreement``. ``model`` is exported in eval mode and
+            left unchanged (BatchNorm is folded on a copy).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = _as_tuple(example_inputs)
+    _require("onnxruntime")
+    batches = calibration_batches(calibration, inputs, batch_size)
+    if not dynamic_batch and any(b[0].shape[0] != inputs[0].shape[0] for b in batches):
+        raise ValueError(
+            f"`dynamic_batch`=False fixes the batch size to {inputs[0].shape[0]}: give calibration batches of "
+            f"that size, or keep `dynamic_batch`=True"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        folded = fold_batchnorm(model)
+    finally:
+        model.train(was_training)
+    check = first_samples(batches, check_samples)
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="lorita-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(folded, inputs, fp32, dynamic_batch, opset_version, True, input_names)
+        strip_debug_metadata(fp32)  # as the int8 file, so their bytes compare weights and graph
+        with atomic_path(path, suffix=".tmp.onnx") as out:
+            quantize_onnx(fp32, out, batches, activations, calibrate_method, per_channel, reduce_range)
+            cmp = compare_onnx(fp32, out, check)
+            agree = cmp["agreement"]
+            if min_agreement is not None and agree is not None and agree < min_agreement:
+                raise ValueError(
+                    f"the int8 model's top-1 agrees with fp32 on only {agree:.1%} of {cmp['n']} calibration samples "
+                    f"(< {min_agreement:.0%}); {path} was not written. Calibrate on more (and more typical) "
+                    f"samples, or keep the fp32 model"
+                )
+            report = Int8Report(
+                path, file_bytes(fp32), file_bytes(out), agree, cmp["max_abs_diff"], cmp["output_scale"], cmp["n"],
+                sum(b[0].shape[0] for b in batches), activations, calibrate_method, reduce_range,
+            )
+    log_report(report)
+    return report
