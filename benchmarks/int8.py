@@ -196,7 +196,7 @@ def plot(result: dict, path: Path) -> None:
     rows = [(f"{r['model']}\n{r['variant'].split()[0]}", r["int8"][DEFAULT]) for r in result["rows"]]
     labels = [n for n, _ in rows]
     xs = np.arange(len(rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
     axes[0].bar(xs, [100 * q["size_ratio"] for _, q in rows], color="tab:blue")
     axes[0].axhline(35, color="k", ls="--", lw=1, label="target 35%")
     axes[0].set(ylabel="int8 bytes / fp32 bytes (%)", title="file size")
@@ -206,7 +206,7 @@ def plot(result: dict, path: Path) -> None:
     axes[1].axhline(1.0, color="k", ls="--", lw=1)
     axes[1].set(ylabel="fp32 / int8 latency (1 thread, ORT)", title="speed-up of int8 (default settings)")
     for ax in axes:
-        ax.set_xticks(xs, labels, fontsize=8)
+        ax.set_xticks(xs, labels, fontsize=8, rotation=30, ha="right")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
