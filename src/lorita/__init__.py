@@ -8,6 +8,7 @@ from lorita.counting import CostReport, LayerCost, count_macs, count_params
 from lorita.export import export_onnx
 from lorita.finetune import DistillConfig, FinetuneConfig, distillation_loss, finetune
 from lorita.io import load, read_manifest, save
+from lorita.latency import LatencyComparison, LatencyResult, compare_latency, measure_latency
 from lorita.layers import (
     FactorizedConv1d,
     FactorizedConv2d,
@@ -44,11 +45,18 @@ from lorita.surgery import (
     to_low_rank,
     truncate,
 )
+from lorita.split import SplitDecision
 from lorita.targeting import TargetPlan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # measured latency and latency-driven splits (issue 9)
+    "LatencyComparison",
+    "LatencyResult",
+    "SplitDecision",
+    "compare_latency",
+    "measure_latency",
     # search, fine-tuning, distillation, int8 (issue 3)
     "BatchEvaluator",
     "DistillConfig",
