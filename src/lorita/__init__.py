@@ -28,6 +28,7 @@ from lorita.ranks import (
     FixedRank,
     GlobalThreshold,
     GreedySearch,
+    LatencyBudget,
     MacBudget,
     ParamBudget,
     RankRatio,
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # measured latency and latency-driven splits (issue 9)
+    "LatencyBudget",
     "LatencyComparison",
     "LatencyResult",
     "SplitDecision",
