@@ -26,6 +26,7 @@ convs of all three models first (needs ``lorita.fold_batchnorm``, issue 9 item 3
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import time
@@ -40,6 +41,7 @@ from lorita.timing import BenchmarkTimer
 
 CNNS = {"resnet20", "resnet18", "vgg16"}
 BIG = {"resnet18", "vgg16"}  # batch 16 instead of 64 to keep the run short
+log = logging.getLogger("bench.latency")
 
 
 def _bytes(model: torch.nn.Module) -> int:
@@ -97,8 +99,8 @@ def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[dic
     targets, exclude = default_targets(name)
     shape = DEFAULT_CFGS[name]["input_shape"]
     dense_macs = lorita.count_macs(model, torch.zeros(1, *shape)).total_macs
-    layer_timer = BenchmarkTimer(min_run_time=args.layer_time, warmup=1)
-    model_timer = BenchmarkTimer(min_run_time=args.model_time, warmup=1)
+    layer_timer = BenchmarkTimer(min_run_time=args.layer_time, warmup=1, best=True)
+    model_timer = BenchmarkTimer(min_run_time=args.model_time, warmup=1, best=True)
     rows, traffic = [], []
     for budget in args.budgets:
         ranks = lorita.select_ranks(model, lorita.MacBudget(budget, torch.zeros(1, *shape)), targets, exclude)
@@ -110,7 +112,8 @@ def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[dic
                 x = x.contiguous(memory_format=torch.channels_last)
             by_lat, dec = lorita.to_low_rank(model, ranks, split="latency", example_inputs=x, runtime=runtime,
                                              timer=layer_timer, report=True, multiple=args.multiple)
-            models = {"dense": model, "macs": by_macs, "latency": by_lat}
+            # "control": a second copy of dense; its ratio shows the noise floor of this setting
+            models = {"dense": model, "control": copy.deepcopy(model), "macs": by_macs, "latency": by_lat}
             if args.fold_bn:
                 models = {k: lorita.fold_batchnorm(v) for k, v in models.items()}
             cmp = lorita.compare_latency(models, x, runtime=runtime, rounds=args.rounds, timer=model_timer)
@@ -126,10 +129,11 @@ def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[dic
                     "splits": sum(d.split for d in dec.values()) if split == "latency" else None,
                     "layers": len(dec),
                     "rounds": [round(cmp.rounds["dense"][i] / t, 3) for i, t in enumerate(cmp.rounds[split])],
+                    "control": round(cmp.speedup["control"], 3),
                 })
             if name == "resnet20" and abs(budget - 0.3) < 1e-9 and runtime == "eager" and batch > 1:
                 traffic.append({"format": fmt, "batch": batch, "rows": _conv_traffic(model, ranks, dec, x)})
-            logging.info("%s budget %.2f %s/%s batch %d: macs %.2fx latency %.2fx (%d/%d split) in %.0fs",
+            log.info("%s budget %.2f %s/%s batch %d: macs %.2fx latency %.2fx (%d/%d split) in %.0fs",
                          name, budget, runtime, fmt, batch, cmp.speedup["macs"], cmp.speedup["latency"],
                          sum(d.split for d in dec.values()), len(dec), time.perf_counter() - t0)
     return rows, traffic
@@ -143,15 +147,17 @@ def _markdown(rows: list[dict], traffic: list[dict], args: argparse.Namespace, s
         f"torch {torch.__version__}. Shared, noisy machine: read ratios, never absolute times "
         f"(whole run {seconds / 60:.0f} min). resnet18/vgg16 use batch 16 instead of {args.batch}.", "",
         "latency ratio > 1: faster than dense. realized = latency ratio / MAC ratio. bytes: fp32 weights.", "",
+        "control: a second copy of the dense model timed in the same rounds (its ratio should be 1.00; the gap "
+        "is this setting's noise). Per round each model's fastest block (`BenchmarkTimer(best=True)`).", "",
         "| model | MAC budget | batch | runtime | format | split | MAC ratio | latency ratio | realized | "
-        "bytes (dense) | split layers |",
-        "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|",
+        "control | bytes (dense) | split layers |",
+        "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         splits = f"{r['splits']}/{r['layers']}" if r["splits"] is not None else f"-/{r['layers']}"
         out.append(
             f"| {r['model']} | {r['budget']:g} | {r['batch']} | {r['runtime']} | {r['format']} | {r['split']} | "
-            f"{r['mac_ratio']:.2f} | {r['latency_ratio']:.2f} | {r['realized']:.2f} | "
+            f"{r['mac_ratio']:.2f} | {r['latency_ratio']:.2f} | {r['realized']:.2f} | {r['control']:.2f} | "
             f"{r['bytes']:,} ({r['dense_bytes']:,}) | {splits} |"
         )
     for t in traffic:
@@ -198,7 +204,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["fcn", "resnet20", "resnet18", "vgg16", "vit"])
+    p.add_argument("--models", nargs="+", default=["resnet20", "fcn", "vgg16", "resnet18", "vit"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.2])
     p.add_argument("--batch", type=int, default=64, help="the large batch (resnet18/vgg16 use 16)")
     p.add_argument("--rounds", type=int, default=5)
@@ -208,13 +214,17 @@ def main() -> None:
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm first (lorita.fold_batchnorm)")
     p.add_argument("--out", default="benchmarks/results/latency")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("lorita").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows, traffic = [], []
     for name in args.models:
-        r, t = run_model(name, args)
+        try:
+            r, t = run_model(name, args)
+        except Exception:  # keep what the other models measured; the log has the traceback
+            log.exception("%s failed", name)
+            continue
         rows += r
         traffic += t
         out = Path(args.out)  # rewrite after every model: a cut-off run keeps what it measured

@@ -1,4 +1,4 @@
-"""``lorita`` command line: train, compress, sweep, report, export, demo (the only place with argparse).
+"""``lorita`` command line: train, compress, sweep, report, export, bench, demo (the only place with argparse).
 
 Errors in user input end the program with one line ``lorita: error: …`` and exit code 2 (no
 traceback; ``--debug`` shows it). The library names its parameters in errors (```data_dir```,
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lorita import __version__
-from lorita.commands import cmd_compress, cmd_demo, cmd_export, cmd_report, cmd_sweep, cmd_train
+from lorita.commands import cmd_bench, cmd_compress, cmd_demo, cmd_export, cmd_report, cmd_sweep, cmd_train
 
 logger = logging.getLogger("lorita.cli")
 
@@ -34,6 +34,8 @@ _FLAGS = {
     "policy": "--policy", "points": "--points", "form": "--form", "augment": "--augment", "amp": "--amp",
     "nproc": "--nproc", "quantize": "--quantize", "exclude_modules": "--exclude-modules",
     "target_modules": "--target-modules", "finetune": "--finetune-epochs", "onnx_path": "--onnx",
+    "runtime": "--runtime", "runtimes": "--runtime", "batches": "--batch", "threads": "--threads", "rounds": "--rounds",
+    "channels_last": "--channels-last", "split": "--split",
 }
 
 
@@ -98,6 +100,17 @@ def _floats(text: str) -> list[float]:
         return [float(t) for t in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -261,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file (and FOLDER/compressed)")
     e.add_argument("--data-dir", default=None, help="training folders: override the run's data folder")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="measured latency of lorita folders, as ratios vs the dense source", **kw)
+    b.add_argument("dirs", nargs="+", metavar="DIR", help="folders written by `lorita compress` or `lorita train`")
+    b.add_argument("--batch", type=_ints, default=[1, 64], help="batch sizes, comma-separated")
+    b.add_argument("--runtime", type=_names, default=["eager"], help="eager and/or onnxruntime, comma-separated")
+    b.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
+    b.add_argument("--channels-last", action="store_true", help="also time eager with channels_last inputs")
+    b.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
+    b.add_argument("--out", default=None, help="folder for bench.json/bench.md (default: the one DIR)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported", **kw)
     _add_train_args(d, demo=True)

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_train", "cmd_compress", "cmd_sweep", "cmd_report", "cmd_demo", "cmd_export", "config_from"]
+__all__ = ["cmd_train", "cmd_compress", "cmd_sweep", "cmd_report", "cmd_demo", "cmd_export", "cmd_bench", "config_from"]
 
 Args = Any  # an argparse.Namespace built by lorita.cli.build_parser
 
@@ -194,4 +194,19 @@ def cmd_export(args: Args) -> int:
     dims = ", ".join(str(d) for d in shape)
     print(f"exported {args.form} model -> {path}{check}\ninput: float32 (N, {dims}), normalized as in training; "
           f"output: (N, classes) logits")
+    return 0
+
+
+def cmd_bench(args: Args) -> int:
+    from lorita.runs.bench import BENCH_JSON, BENCH_MD, bench_dirs
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    if args.rounds < 1:
+        raise ValueError(f"`--rounds` must be >= 1, got {args.rounds}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        res = bench_dirs(args.dirs, batches=args.batch, runtimes=args.runtime, threads=args.threads,
+                         channels_last=args.channels_last, rounds=args.rounds, out_dir=args.out)
+    print((Path(res["out"]) / BENCH_MD).read_text())
+    print(f"-> {res['out']}/{BENCH_JSON}, {BENCH_MD}")
     return 0

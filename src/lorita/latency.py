@@ -115,7 +115,7 @@ def _layer_times(
             continue
         layer = modules[name]
         x = captured[name]
-        s = timing.stats(timing.runner(layer, x, runtime, threads).time(timer))
+        s = timing.stats(timing.runner(layer, x, runtime, threads, layer=True).time(timer))
         shape = tuple(x[0].shape) if x and isinstance(x[0], Tensor) else ()
         out[name] = LayerLatency(name, type(layer).__name__, shape, s.median, s.iqr, s.n)
     return out
@@ -198,7 +198,7 @@ def compare_latency(
     reference = next(iter(models)) if reference is None else reference
     if reference not in models:
         raise ValueError(f"`reference`={reference!r} is not one of the models {list(models)}")
-    timer = timer or timing.BenchmarkTimer(threads=threads)
+    timer = timer or timing.BenchmarkTimer(threads=threads, best=True)
     runners = {}
     for name, model in models.items():
         try:

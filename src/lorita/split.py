@@ -113,12 +113,12 @@ def _time_layer(
     runtime: str, threads: int, timer: timing.Timer, rounds: int,
 ) -> list[float]:
     """Speedups ``t_dense / t_split`` of each candidate rank (interleaved rounds)."""
-    runners = [timing.runner(dense, x, runtime, threads)]
+    runners = [timing.runner(dense, x, runtime, threads, layer=True)]
     for r in cands:
         pair = kinds.low_rank_class(source).from_dense(source, r, name=name).eval()
         if channels_last:
             pair = pair.to(memory_format=torch.channels_last)
-        runners.append(timing.runner(pair, x, runtime, threads))
+        runners.append(timing.runner(pair, x, runtime, threads, layer=True))
     times = timing.interleaved(runners, timer, rounds)
     return [statistics.median(d / s for d, s in zip(times[0], t, strict=True)) for t in times[1:]]
 
@@ -157,9 +157,10 @@ def decide_splits(
     _check_runs(timed, inputs)
     todo = [f for f, d in out.items() if d.split]
     captured = timing.capture_inputs(timed, todo, inputs)
-    # same-shaped layers (e.g. a ResNet stage's convs) share one measurement and one decision
-    timer = timing.CachingTimer(timer or timing.BenchmarkTimer(threads=threads))
+    timer = timer or timing.BenchmarkTimer(threads=threads, best=True)
     modules = dict(timed.named_modules())
+    # same-shaped layers (e.g. a ResNet stage's convs): one measurement, one decision, no re-export
+    seen: dict[tuple, list[float]] = {}
     with timing.fixed_threads(threads):
         for fqn in todo:
             d = out[fqn]
@@ -169,8 +170,11 @@ def decide_splits(
                 continue
             w = layers[fqn].weight
             cands = _candidates(w.shape[0], w[0].numel(), d.rank, multiple)
-            speed = _time_layer(fqn, modules[fqn], layers[fqn], captured[fqn], cands, channels_last,
-                                runtime, threads, timer, rounds)
+            key = (timing._signature(modules[fqn], captured[fqn]), tuple(cands))
+            if key not in seen:
+                seen[key] = _time_layer(fqn, modules[fqn], layers[fqn], captured[fqn], cands, channels_last,
+                                        runtime, threads, timer, rounds)
+            speed = seen[key]
             out[fqn] = _pick(d, cands, speed, w.shape[0], w[0].numel())
             logger.info("to_low_rank: `%s`: %s", fqn, out[fqn].reason)
     return out

@@ -73,7 +73,7 @@ class LatencyBudget:
 
     def measured_fraction(self, model: nn.Module, ranks: dict[str, int], layer_timer: Any = None) -> float:
         """Median measured ``t_deployed / t_dense`` of ``to_low_rank(model, ranks, split=self.split)``."""
-        timer = self.timer or timing.BenchmarkTimer(threads=self.threads)
+        timer = self.timer or timing.BenchmarkTimer(threads=self.threads, best=True)
         deployed = to_low_rank(model, ranks, split=self.split, example_inputs=self.example_inputs,
                                runtime=self.runtime, threads=self.threads, timer=layer_timer or timer)
         cmp = compare_latency({"dense": model, "deployed": deployed}, self.example_inputs, self.runtime,
@@ -87,7 +87,7 @@ class LatencyBudget:
         Raises:
             ValueError: no MAC fraction tried meets the budget (names the best measured fraction).
         """
-        layer_timer = timing.CachingTimer(self.timer or timing.BenchmarkTimer(threads=self.threads))
+        layer_timer = timing.CachingTimer(self.timer or timing.BenchmarkTimer(threads=self.threads, best=True))
         lo, hi, best, tried = 0.0, 1.0, None, []
         full = ranks_at(1.0)
         if self.fraction >= 1.0:
@@ -99,6 +99,7 @@ class LatencyBudget:
             except ValueError:  # below the rank-1 floor: a larger f
                 lo = f
                 continue
+            layer_timer.rewind()
             got = self.measured_fraction(model, ranks, layer_timer)
             tried.append((f, got))
             logger.info("LatencyBudget: MAC fraction %.4f -> measured latency fraction %.3f", f, got)
