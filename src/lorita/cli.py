@@ -35,7 +35,7 @@ _FLAGS = {
     "nproc": "--nproc", "quantize": "--quantize", "exclude_modules": "--exclude-modules",
     "target_modules": "--target-modules", "finetune": "--finetune-epochs", "onnx_path": "--onnx",
     "runtime": "--runtime", "runtimes": "--runtime", "batches": "--batch", "threads": "--threads", "rounds": "--rounds",
-    "channels_last": "--channels-last", "split": "--split",
+    "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch", "split_batch": "--latency-batch",
 }
 
 
@@ -244,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers to keep dense (regex or comma list; default: the run's own exclusions)")
     c.add_argument("--data-dir", default=None, help="override the run's data folder")
     _add_runtime_args(c)
+    g = c.add_argument_group("latency")
+    g.add_argument("--split", choices=["macs", "latency"], default="macs",
+                   help="split where it saves MACs, or only where the pair measures faster (eager, 1 thread)")
+    g.add_argument("--latency", action="store_true",
+                   help="also measure the low-rank model's latency ratio vs dense (eager, 1 thread)")
+    g.add_argument("--latency-batch", type=int, default=1, help="batch size for --latency and --split latency")
     _add_search_args(c)
     c.set_defaults(func=cmd_compress)
 

@@ -141,9 +141,13 @@ def cmd_compress(args: Args) -> int:
         args.run, out, _search_config(args) if searching else args.policy,
         exclude_modules=args.exclude_modules, finetune=None if searching else _finetune_config(args),
         quantize=args.quantize, val_samples=args.val_samples, data_dir=args.data_dir, device=args.device,
-        progress=not args.no_progress, overwrite=args.overwrite,
+        progress=not args.no_progress, overwrite=args.overwrite, split=args.split,
+        latency_batch=args.latency_batch if args.latency else None, split_batch=args.latency_batch,
     )
     _print_rows(rep)
+    if "latency" in rep:
+        lat = rep["latency"]
+        print(f"latency ratio (dense/low-rank, eager, 1 thread, batch {lat['batch']}): {lat['speedup']:.2f}")
     what = f"search: {rep['search']['stop_reason']}" if searching else f"policy {args.policy}"
     print(f"{what} -> {out} (report.md)")
     return 0

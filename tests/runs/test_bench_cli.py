@@ -49,3 +49,20 @@ def test_bench_bad_flags_are_one_line(compressed_run, capsys, argv, match):  # n
 def test_bench_refuses_a_folder_that_is_neither(tmp_path, capsys):
     assert main(["bench", str(tmp_path)]) == 2
     assert "holds neither low_rank.safetensors" in capsys.readouterr().err
+
+
+def test_compress_latency_column_and_split_latency(trained_run, fake_mnist, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "c"
+    assert main(["compress", str(trained_run), "--policy", "rank:4", "--out", str(out), "--data-dir",
+                 str(fake_mnist), "--split", "latency", "--latency", "--latency-batch", "2"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["latency"]["batch"] == 2 and rep["dense"]["latency_ratio"] == 1.0
+    assert rep["low_rank"]["latency_ratio"] > 0 and rep["split"] == "latency"
+    dec = rep["split_decisions"]
+    assert set(dec) == {"layers.0", "layers.2"}
+    assert all(d["latency_ratio"] is not None and d["rank"] == 4 for d in dec.values())
+    assert "Split decisions" in (out / "report.md").read_text()
+    assert "latency ratio (dense/low-rank" in capsys.readouterr().out
+    assert main(["compress", str(trained_run), "--search", "greedy", "--split", "latency", "--out",
+                 str(tmp_path / "s"), "--data-dir", str(fake_mnist)]) == 2
+    assert "--split='latency' applies to a policy" in capsys.readouterr().err
