@@ -92,3 +92,21 @@ def test_onnxruntime_runtime_runs_a_session():
     res = measure_latency(_mlp(), torch.randn(2, 32), runtime="onnxruntime", layers=False, timer=timer)
     assert res.runtime == "onnxruntime" and res.median == pytest.approx(
         (2 * 32 * 64 + 2 * 64 * 10 + 2 * OVERHEAD) * SECONDS_PER_MAC)
+
+
+def test_caching_timer_replays_the_kth_measurement_per_signature():
+    from lorita.timing import CachingTimer
+
+    calls = []
+
+    def base(fn, module, inputs):
+        calls.append(type(module).__name__)
+        return [float(len(calls))]
+
+    timer = CachingTimer(base)
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)  # same signature: shapes, not values
+    x = (torch.zeros(2, 4),)
+    assert [timer(None, a, x), timer(None, b, x)] == [[1.0], [2.0]]  # rounds 1 and 2: two measurements
+    timer.rewind()
+    assert [timer(None, b, x), timer(None, a, x), timer(None, a, x)] == [[1.0], [2.0], [3.0]]
+    assert timer(None, nn.Linear(4, 5), x) == [4.0] and len(calls) == 4

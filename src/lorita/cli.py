@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measured latency of lorita folders, as ratios vs the dense source", **kw)
     b.add_argument("dirs", nargs="+", metavar="DIR", help="folders written by `lorita compress` or `lorita train`")
-    b.add_argument("--batch", type=_ints, default=[1, 64], help="batch sizes, comma-separated")
-    b.add_argument("--runtime", type=_names, default=["eager"], help="eager and/or onnxruntime, comma-separated")
+    b.add_argument("--batch", type=_ints, default="1,64", help="batch sizes, comma-separated")
+    b.add_argument("--runtime", type=_names, default="eager", help="eager and/or onnxruntime, comma-separated")
     b.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
     b.add_argument("--channels-last", action="store_true", help="also time eager with channels_last inputs")
     b.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
