@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="output folder (default: RUN/sweep-POLICY)")
     s.add_argument("--data-dir", default=None, help="override the run's data folder")
     _add_runtime_args(s)
+    s.add_argument("--latency", action="store_true",
+                   help="also measure each point's latency ratio vs dense (eager, 1 thread)")
+    s.add_argument("--latency-batch", type=int, default=1, help="batch size for --latency")
     s.add_argument("--search-tolerances", type=_floats, default=None,
                    help="also run the greedy rank search at these tolerances (points) and plot them")
     s.set_defaults(func=cmd_sweep)

@@ -159,7 +159,8 @@ def cmd_sweep(args: Args) -> int:
 
     out = args.out or str(RunFolder(args.run).default_out("sweep", args.policy))
     res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
-                    progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device)
+                    progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device,
+                    latency_batch=args.latency_batch if args.latency else None)
     print((Path(out) / RunFolder.SWEEP_MD).read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0

@@ -66,3 +66,13 @@ def test_compress_latency_column_and_split_latency(trained_run, fake_mnist, tmp_
     assert main(["compress", str(trained_run), "--search", "greedy", "--split", "latency", "--out",
                  str(tmp_path / "s"), "--data-dir", str(fake_mnist)]) == 2
     assert "--split='latency' applies to a policy" in capsys.readouterr().err
+
+
+def test_sweep_latency_column(trained_run, fake_mnist, tmp_path):  # noqa: F811
+    out = tmp_path / "sw"
+    assert main(["sweep", str(trained_run), "--policy", "rank", "--points", "2,4", "--out", str(out),
+                 "--data-dir", str(fake_mnist), "--latency", "--latency-batch", "2"]) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    assert [p["point"] for p in res["points"]] == [2.0, 4.0]
+    assert all(p["latency_ratio"] > 0 for p in res["points"]) and "latency_ratio" not in res["dense"]
+    assert "| rank:2 |" in (out / "sweep.md").read_text()

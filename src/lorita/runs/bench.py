@@ -15,6 +15,7 @@ Every (batch, runtime, memory format) setting times the folder's models interlea
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from lorita.runs.folder import RunFolder, build_run_model
 from lorita.surgery import merge
 from lorita.timing import RUNTIMES, check_runtime, check_threads
 
-__all__ = ["bench_dirs", "folder_models", "bench_markdown", "BENCH_JSON", "BENCH_MD"]
+__all__ = ["bench_dirs", "folder_models", "bench_markdown", "latency_ratio", "BENCH_JSON", "BENCH_MD"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ def folder_models(folder: str | Path) -> tuple[dict[str, nn.Module], tuple[int, 
         f"{src.path} holds neither low_rank.safetensors (from `lorita compress`) nor config.json + "
         f"model.safetensors (from `lorita train`); pass one of those folders"
     )
+
+
+def latency_ratio(dense: nn.Module, model: nn.Module, example_inputs: Any, rounds: int = 5) -> float:
+    """Measured ``t_dense / t_model`` (> 1: ``model`` is faster): eager, 1 thread, CPU copies,
+    ``rounds`` interleaved rounds (:func:`lorita.compare_latency`); for ``compress``/``sweep --latency``."""
+    models = {"dense": copy.deepcopy(dense).cpu(), "model": copy.deepcopy(model).cpu()}
+    return compare_latency(models, example_inputs, runtime="eager", threads=1, rounds=rounds).speedup["model"]
 
 
 def _settings(batches: Sequence[int], runtimes: Sequence[str], threads: int, channels_last: bool) -> list:

@@ -28,6 +28,7 @@ from lorita.finetune import finetune as finetune_model
 from lorita.quantize import quantize_int8, save_quantized
 from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.ranks.search import BatchEvaluator, GreedySearch, SearchResult, search
+from lorita.runs.bench import latency_ratio
 from lorita.runs.folder import (
     LoadedRun,
     RunFolder,
@@ -175,12 +176,9 @@ def _latency_column(run: LoadedRun, low: nn.Module, batch: int | None, dense_row
     """With ``batch``: the low-rank model's measured latency ratio vs dense (eager, 1 thread)."""
     if batch is None:
         return None
-    from lorita.latency import compare_latency
-
-    models = {"dense": copy.deepcopy(run.dense).cpu(), "low_rank": copy.deepcopy(low).cpu()}
-    cmp = compare_latency(models, _timing_batch(run, batch), runtime="eager", threads=1, rounds=5)
-    dense_row["latency_ratio"], low_row["latency_ratio"] = 1.0, cmp.speedup["low_rank"]
-    return {"batch": batch, "runtime": "eager", "threads": 1, "rounds": 5, "speedup": cmp.speedup["low_rank"]}
+    speedup = latency_ratio(run.dense, low, _timing_batch(run, batch), rounds=5)
+    dense_row["latency_ratio"], low_row["latency_ratio"] = 1.0, speedup
+    return {"batch": batch, "runtime": "eager", "threads": 1, "rounds": 5, "speedup": speedup}
 
 
 def _policy_model(

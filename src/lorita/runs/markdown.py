@@ -87,6 +87,10 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
         *[_row(r) for r in result["points"]],
         "",
     ]
+    lat = [r for r in result["points"] if r.get("latency_ratio") is not None]
+    if lat:  # `sweep --latency`
+        lines += ["Measured latency ratio (dense time / point's time; eager, 1 thread, interleaved rounds):", "",
+                  "| point | latency ratio |", "|---|---:|", *[f"| {r['label']} | {r['latency_ratio']:.2f} |" for r in lat], ""]
     return "\n".join(lines)
 
 
