@@ -197,8 +197,15 @@ def _plot(rows: list[dict], path: Path) -> None:
     hi = max([r["mac_ratio"] for r in rows] + [2.0])
     ax.plot([1, hi], [1, hi], "k:", lw=1, label="realized = 1")
     ax.axhline(1.0, color="r", lw=1, label="dense speed")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xticks([1, 1.5, 2, 3, 4, 5])
+    ax.set_yticks([0.7, 1, 1.5, 2, 3, 4])
     ax.set_xlabel("MAC ratio (dense / low-rank)")
     ax.set_ylabel("measured latency ratio (dense / low-rank)")
     ax.set_title("lorita: measured speed-up vs MAC reduction (1 thread)")
