@@ -168,7 +168,8 @@ def _markdown(rows: list[dict], traffic: list[dict], args: argparse.Namespace, s
         )
     for t in traffic:
         out += [
-            "", f"## resnet20 at MAC budget 0.3, eager {t['format']}, batch {t['batch']}: bytes moved vs MACs per conv", "",
+            "", f"## resnet20 at MAC budget 0.3, eager {t['format']}, batch {t['batch']}: bytes moved vs MACs "
+            f"per conv", "",
             "fp32 bytes read+written (input, weights, output; a split adds its r-channel middle, written then "
             "read). A layer whose MACs/byte is low is bound by memory traffic, so its latency ratio tracks the "
             "bytes ratio, not the MAC ratio.", "",

@@ -40,7 +40,8 @@ def test_measure_latency_times_low_rank_layers_and_channels_last():
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     timer = FakeTimer()
     res = measure_latency(lr, x, timer=timer)
-    assert res.channels_last and {k: v.kind for k, v in res.layers.items()} == {"0": "LowRankConv2d", "2": "LowRankConv2d"}
+    assert res.channels_last
+    assert {k: v.kind for k, v in res.layers.items()} == {"0": "LowRankConv2d", "2": "LowRankConv2d"}
     assert all(c[3] for c in timer.calls)  # weights channels_last like the input
     assert res.layers["2"].input_shape == (2, 16, 8, 8)
     assert lr[0].first.weight.is_contiguous()  # the caller's model is untouched

@@ -37,6 +37,7 @@ from lorita.ranks import (
     search,
     select_ranks,
 )
+from lorita.split import SplitDecision
 from lorita.surgery import (
     effective_weight,
     factorize,
@@ -46,7 +47,6 @@ from lorita.surgery import (
     to_low_rank,
     truncate,
 )
-from lorita.split import SplitDecision
 from lorita.targeting import TargetPlan
 
 __version__ = "0.1.0"

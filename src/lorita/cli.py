@@ -35,7 +35,8 @@ _FLAGS = {
     "nproc": "--nproc", "quantize": "--quantize", "exclude_modules": "--exclude-modules",
     "target_modules": "--target-modules", "finetune": "--finetune-epochs", "onnx_path": "--onnx",
     "runtime": "--runtime", "runtimes": "--runtime", "batches": "--batch", "threads": "--threads", "rounds": "--rounds",
-    "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch", "split_batch": "--latency-batch",
+    "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch",
+    "split_batch": "--latency-batch",
 }
 
 

@@ -378,7 +378,8 @@ def policy_string(policy: RankPolicy) -> str:
 
 def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
-    ``params:0.05``, ``macs:0.1``, ``latency:0.5`` (``macs``/``latency`` need ``example_inputs``); see :data:`POLICY_KINDS`.
+    ``params:0.05``, ``macs:0.1``, ``latency:0.5`` (``macs``/``latency`` need ``example_inputs``);
+    see :data:`POLICY_KINDS`.
 
     Raises:
         ValueError: unknown kind or bad value (the message lists the valid forms).

@@ -49,7 +49,9 @@ def folder_models(folder: str | Path) -> tuple[dict[str, nn.Module], tuple[int, 
     """
     src = RunFolder(folder)
     if not src.path.is_dir():
-        raise FileNotFoundError(f"{src.path} is not a folder; pass a folder written by `lorita compress` or `lorita train`")
+        raise FileNotFoundError(
+            f"{src.path} is not a folder; pass a folder written by `lorita compress` or `lorita train`"
+        )
     if src.is_compressed():
         dense, shape = src.build_model(RunFolder.MERGED)
         low, _ = src.build_model(RunFolder.LOW_RANK)

@@ -90,7 +90,8 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
     lat = [r for r in result["points"] if r.get("latency_ratio") is not None]
     if lat:  # `sweep --latency`
         lines += ["Measured latency ratio (dense time / point's time; eager, 1 thread, interleaved rounds):", "",
-                  "| point | latency ratio |", "|---|---:|", *[f"| {r['label']} | {r['latency_ratio']:.2f} |" for r in lat], ""]
+                  "| point | latency ratio |", "|---|---:|",
+                  *[f"| {r['label']} | {r['latency_ratio']:.2f} |" for r in lat], ""]
     return "\n".join(lines)
 
 
