@@ -9,6 +9,7 @@ from lorita.export import export_onnx
 from lorita.finetune import DistillConfig, FinetuneConfig, distillation_loss, finetune
 from lorita.fold import fold_batchnorm
 from lorita.io import load, read_manifest, save
+from lorita.latency import LatencyComparison, LatencyResult, compare_latency, measure_latency
 from lorita.layers import (
     FactorizedConv1d,
     FactorizedConv2d,
@@ -28,6 +29,7 @@ from lorita.ranks import (
     FixedRank,
     GlobalThreshold,
     GreedySearch,
+    LatencyBudget,
     MacBudget,
     ParamBudget,
     RankRatio,
@@ -36,6 +38,7 @@ from lorita.ranks import (
     search,
     select_ranks,
 )
+from lorita.split import SplitDecision
 from lorita.surgery import (
     effective_weight,
     factorize,
@@ -50,6 +53,13 @@ from lorita.targeting import TargetPlan
 __version__ = "0.1.0"
 
 __all__ = [
+    # measured latency and latency-driven splits (issue 9)
+    "LatencyBudget",
+    "LatencyComparison",
+    "LatencyResult",
+    "SplitDecision",
+    "compare_latency",
+    "measure_latency",
     # search, fine-tuning, distillation, int8 (issue 3)
     "BatchEvaluator",
     "DistillConfig",

@@ -1,4 +1,4 @@
-"""``lorita`` command line: train, compress, sweep, report, export, demo (the only place with argparse).
+"""``lorita`` command line: train, compress, sweep, report, export, bench, demo (the only place with argparse).
 
 Errors in user input end the program with one line ``lorita: error: …`` and exit code 2 (no
 traceback; ``--debug`` shows it). The library names its parameters in errors (```data_dir```,
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lorita import __version__
-from lorita.commands import cmd_compress, cmd_demo, cmd_export, cmd_report, cmd_sweep, cmd_train
+from lorita.commands import cmd_bench, cmd_compress, cmd_demo, cmd_export, cmd_report, cmd_sweep, cmd_train
 
 logger = logging.getLogger("lorita.cli")
 
@@ -36,6 +36,9 @@ _FLAGS = {
     "target_modules": "--target-modules", "finetune": "--finetune-epochs", "onnx_path": "--onnx",
     "eval_batch_size": "--eval-batch-size",
     "calibration_samples": "--calibration-samples", "val_samples": "--val-samples", "activations": "--int8-activations",
+    "runtime": "--runtime", "runtimes": "--runtime", "batches": "--batch", "threads": "--threads", "rounds": "--rounds",
+    "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch",
+    "split_batch": "--latency-batch",
 }
 
 
@@ -107,6 +110,17 @@ def _floats(text: str) -> list[float]:
         return [float(t) for t in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -242,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers to keep dense (regex or comma list; default: the run's own exclusions)")
     c.add_argument("--data-dir", default=None, help="override the run's data folder")
     _add_runtime_args(c)
+    g = c.add_argument_group("latency")
+    g.add_argument("--split", choices=["macs", "latency"], default="macs",
+                   help="split where it saves MACs, or only where the pair measures faster (eager, 1 thread)")
+    g.add_argument("--latency", action="store_true",
+                   help="also measure the low-rank model's latency ratio vs dense (eager, 1 thread)")
+    g.add_argument("--latency-batch", type=int, default=1, help="batch size for --latency and --split latency")
     _add_search_args(c)
     c.set_defaults(func=cmd_compress)
 
@@ -252,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="output folder (default: RUN/sweep-POLICY)")
     s.add_argument("--data-dir", default=None, help="override the run's data folder")
     _add_runtime_args(s)
+    s.add_argument("--latency", action="store_true",
+                   help="also measure each point's latency ratio vs dense (eager, 1 thread)")
+    s.add_argument("--latency-batch", type=int, default=1, help="batch size for --latency")
     s.add_argument("--search-tolerances", type=_floats, default=None,
                    help="also run the greedy rank search at these tolerances (points) and plot them")
     s.set_defaults(func=cmd_sweep)
@@ -281,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--int8-activations", choices=["quint8", "qint8"], default=None,
                    help="--int8: activation type; quint8 = onnxruntime's fast x86 kernels (default: quint8)")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="measured latency of lorita folders, as ratios vs the dense source", **kw)
+    b.add_argument("dirs", nargs="+", metavar="DIR", help="folders written by `lorita compress` or `lorita train`")
+    b.add_argument("--batch", type=_ints, default="1,64", help="batch sizes, comma-separated")
+    b.add_argument("--runtime", type=_names, default="eager", help="eager and/or onnxruntime, comma-separated")
+    b.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
+    b.add_argument("--channels-last", action="store_true", help="also time eager with channels_last inputs")
+    b.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
+    b.add_argument("--out", default=None, help="folder for bench.json/bench.md (default: the one DIR)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported", **kw)
     _add_train_args(d, demo=True)

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_train", "cmd_compress", "cmd_sweep", "cmd_report", "cmd_demo", "cmd_export", "config_from"]
+__all__ = ["cmd_train", "cmd_compress", "cmd_sweep", "cmd_report", "cmd_demo", "cmd_export", "cmd_bench", "config_from"]
 
 Args = Any  # an argparse.Namespace built by lorita.cli.build_parser
 
@@ -142,8 +142,13 @@ def cmd_compress(args: Args) -> int:
         exclude_modules=args.exclude_modules, finetune=None if searching else _finetune_config(args),
         quantize=args.quantize, val_samples=args.val_samples, data_dir=args.data_dir, device=args.device,
         progress=not args.no_progress, overwrite=args.overwrite, eval_batch_size=args.eval_batch_size,
+        split=args.split, latency_batch=args.latency_batch if args.latency else None,
+        split_batch=args.latency_batch,
     )
     _print_rows(rep)
+    if "latency" in rep:
+        lat = rep["latency"]
+        print(f"latency ratio (dense/low-rank, eager, 1 thread, batch {lat['batch']}): {lat['speedup']:.2f}")
     what = f"search: {rep['search']['stop_reason']}" if searching else f"policy {args.policy}"
     print(f"{what} -> {out} (report.md)")
     return 0
@@ -156,7 +161,8 @@ def cmd_sweep(args: Args) -> int:
     out = args.out or str(RunFolder(args.run).default_out("sweep", args.policy))
     res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
                     progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device,
-                    eval_batch_size=args.eval_batch_size)
+                    eval_batch_size=args.eval_batch_size,
+                    latency_batch=args.latency_batch if args.latency else None)
     print((Path(out) / RunFolder.SWEEP_MD).read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0
@@ -220,4 +226,19 @@ def _export_int8(args: Args) -> int:
           f"int8 (calibrated on {s['calibration_samples']} training images) -> {q['path']} ({q['bytes']:,} bytes, "
           f"{100 * q['bytes'] / f['bytes']:.1f}% of fp32, val acc {100 * q['val_acc']:.2f}%)\n"
           f"top-1 agreement on {s['val_samples']} validation images: {100 * s['agreement']:.2f}%; summary -> {md}")
+    return 0
+
+
+def cmd_bench(args: Args) -> int:
+    from lorita.runs.bench import BENCH_JSON, BENCH_MD, bench_dirs
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    if args.rounds < 1:
+        raise ValueError(f"`--rounds` must be >= 1, got {args.rounds}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        res = bench_dirs(args.dirs, batches=args.batch, runtimes=args.runtime, threads=args.threads,
+                         channels_last=args.channels_last, rounds=args.rounds, out_dir=args.out)
+    print((Path(res["out"]) / BENCH_MD).read_text())
+    print(f"-> {res['out']}/{BENCH_JSON}, {BENCH_MD}")
     return 0

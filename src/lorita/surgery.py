@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -366,40 +367,70 @@ def truncate(model: nn.Module, ranks: Mapping[str, int], inplace: bool = False) 
     return work
 
 
-def to_low_rank(model: nn.Module, ranks: Mapping[str, int], inplace: bool = False) -> nn.Module:
-    """The deployable form: split each listed layer into two thin layers where that saves MACs.
+def to_low_rank(
+    model: nn.Module,
+    ranks: Mapping[str, int],
+    inplace: bool = False,
+    split: str = "macs",
+    example_inputs: Any = None,
+    runtime: str = "eager",
+    threads: int = 1,
+    multiple: int | None = None,
+    timer: Any = None,
+    report: bool = False,
+) -> nn.Module | tuple[nn.Module, dict]:
+    """The deployable form: split each listed layer into two thin layers where that pays.
 
     Linear → :class:`LowRankLinear` (``Linear(in, r, bias=False)`` then ``Linear(r, out)``);
-    Conv2d → :class:`LowRankConv2d` (k×k conv with ``r`` filters, then 1×1 conv). A layer is split
-    only where ``r·(m + n) < m·n`` (paper §2.9); elsewhere it stays dense with its rank-``r``
-    truncated weight, so the result always computes what ``truncate(model, ranks)`` computes.
+    Conv2d → :class:`LowRankConv2d` (k×k conv with ``r`` filters, then 1×1 conv). Which layers are
+    split (:mod:`lorita.split`):
+
+    * ``split="macs"`` (default): where ``r·(m + n) < m·n`` (paper §2.9);
+    * ``split="latency"``: of those, only where the pair *measures* faster than the dense layer,
+      each timed alone on the input it gets inside the model on ``example_inputs`` (needed), with
+      ``runtime`` (``"eager"`` / ``"onnxruntime"``) and ``threads``; a channels_last input times
+      channels_last layers (then deploy the model with ``.to(memory_format=torch.channels_last)``).
+      ``multiple=k`` also times the rank rounded up to a multiple of ``k`` and uses it where it is
+      faster still (never past the rank where the split stops saving MACs). ``timer`` is the
+      injectable ``timer(fn, module, inputs) -> seconds`` of :mod:`lorita.timing`.
+
+    Elsewhere a layer stays dense with its rank-``r`` truncated weight, so the result computes
+    what ``truncate(model, ranks)`` computes (float rounding) — except where a rank was rounded up:
+    that layer keeps *more* singular directions, so its error is at most ``truncate``'s.
 
     The model may itself be the layer: ``to_low_rank(nn.Linear(64, 64), {"": 4})`` returns a
     :class:`LowRankLinear` (``""`` is the root's name in ``named_modules()``, the key
     :func:`lorita.select_ranks` gives it). A new object is returned then even with
     ``inplace=True`` — a module cannot change its class — so always use the return value.
 
+    Returns:
+        The model; with ``report=True``, ``(model, {fqn: SplitDecision})`` — per layer split or
+        dense, requested and used rank, MAC ratio, measured latency ratio and the reason.
+
     Raises:
-        ValueError / TypeError: as :func:`truncate`, before anything is modified.
+        ValueError / TypeError: as :func:`truncate`; unknown ``split`` / ``runtime``, onnxruntime
+            missing, ``example_inputs`` missing or rejected by the model (shapes named), bad
+            ``multiple`` — all before anything is modified.
     """
+    from lorita.split import decide_splits  # split -> timing; neither imports surgery
+
     _check_ranks(model, ranks)
     work = _work_copy(model, inplace)
     layers = _check_ranks(work, ranks)
+    for fqn, mod in layers.items():  # a bad rank: the usual message, before any timing
+        linalg._check_rank(ranks[fqn], mod.weight.shape, fqn)
+    decisions = decide_splits(work, layers, ranks, split, example_inputs, runtime, threads, multiple, timer)
     new_layers: dict[str, nn.Module] = {}
     new_weights: dict[str, Tensor] = {}
     for fqn, mod in layers.items():
-        w = mod.weight.detach()
-        m, n = w.shape[0], w[0].numel()
-        r = ranks[fqn]
-        split = kinds.low_rank_class(mod)
-        valid = isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= min(m, n)
-        if split is not None and valid and linalg.worth_splitting(m, n, r):
-            new_layers[fqn] = split.from_dense(mod, r, name=fqn)
+        d = decisions[fqn]
+        if d.split:
+            new_layers[fqn] = kinds.low_rank_class(mod).from_dense(mod, d.used_rank, name=fqn)
         else:
-            new_weights[fqn] = linalg.truncate_weight(w, r, name=fqn)
-            why = "split would not save MACs" if split is not None else "attention projections are not split"
-            logger.info("to_low_rank: `%s` stays dense at rank %s (%s)", fqn, r, why)
+            new_weights[fqn] = linalg.truncate_weight(mod.weight.detach(), ranks[fqn], name=fqn)
+            logger.info("to_low_rank: `%s` stays dense at rank %s (%s)", fqn, ranks[fqn], d.reason)
     with torch.no_grad():
         for fqn, w in new_weights.items():
             layers[fqn].weight.copy_(w)
-    return _swap_all(work, new_layers)
+    out = _swap_all(work, new_layers)
+    return (out, decisions) if report else out

@@ -14,6 +14,8 @@ Budget policies (over all targeted layers together):
 
 * :class:`ParamBudget` — deployable weight params ``<= fraction`` of the dense ones.
 * :class:`MacBudget` — deployable MACs per sample ``<= fraction`` of the dense ones.
+* :class:`~lorita.ranks.latency_budget.LatencyBudget` — *measured* latency of the deployed model
+  ``<= fraction`` of the dense one (bisects MacBudget's fraction; :mod:`lorita.ranks.latency_budget`).
 
 Both drop singular values in order of normalized energy lost per unit of cost saved
 (``(S_i² / Σ_j S_j²) / cost-per-rank``), a greedy knapsack that discards the least energy for the
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from lorita import linalg
 from lorita.layers.attention import FactorizedMultiheadAttention
+from lorita.ranks.latency_budget import LatencyBudget
 from lorita.surgery import effective_weight, weight_layers
 from lorita.targeting import Targets
 
@@ -45,6 +48,7 @@ __all__ = [
     "GlobalThreshold",
     "ParamBudget",
     "MacBudget",
+    "LatencyBudget",
     "RankPolicy",
     "LayerInfo",
     "select_ranks",
@@ -169,7 +173,7 @@ class MacBudget:
             raise ValueError("MacBudget needs `example_inputs` (e.g. torch.zeros(1, 3, 32, 32))")
 
 
-RankPolicy = FixedRank | RankRatio | EnergyThreshold | GlobalThreshold | ParamBudget | MacBudget
+RankPolicy = FixedRank | RankRatio | EnergyThreshold | GlobalThreshold | ParamBudget | MacBudget | LatencyBudget
 _LAYER_POLICIES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold)
 
 
@@ -324,9 +328,12 @@ def select_ranks(
     if isinstance(policy, MacBudget):
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
         return _warn_rank_one(infos, _budget_ranks(infos, policy.fraction, use_macs=True), policy)
+    if isinstance(policy, LatencyBudget):  # bisects MacBudget's fraction against measured latency
+        infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
+        return _warn_rank_one(infos, policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True)), policy)
     raise TypeError(
         f"unknown rank policy {policy!r}; use FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, "
-        f"ParamBudget or MacBudget"
+        f"ParamBudget, MacBudget or LatencyBudget"
     )
 
 
@@ -373,6 +380,9 @@ POLICY_KINDS: Mapping[str, PolicyKind] = {
     "params": PolicyKind(ParamBudget, "fraction", float, "ParamBudget(fraction in (0, 1])"),
     "macs": PolicyKind(MacBudget, "fraction", float, "MacBudget(fraction in (0, 1]; needs example inputs)"),
     "rank": PolicyKind(FixedRank, "rank", int, "FixedRank(rank: int)"),
+    "latency": PolicyKind(
+        LatencyBudget, "fraction", float, "LatencyBudget(fraction of dense latency in (0, 1]; needs example inputs)"
+    ),
 }
 
 
@@ -391,7 +401,8 @@ def policy_string(policy: RankPolicy) -> str:
 
 def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
-    ``params:0.05``, ``macs:0.1`` (``macs`` needs ``example_inputs``); see :data:`POLICY_KINDS`.
+    ``params:0.05``, ``macs:0.1``, ``latency:0.5`` (``macs``/``latency`` need ``example_inputs``);
+    see :data:`POLICY_KINDS`.
 
     Raises:
         ValueError: unknown kind or bad value (the message lists the valid forms).
@@ -408,6 +419,6 @@ def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
         value = row.parse(raw)
     except ValueError:
         raise ValueError(f"invalid value {raw!r} in policy {text!r}; expected {row.doc}") from None
-    if row.cls is MacBudget:
-        return MacBudget(value, example_inputs=example_inputs)
+    if row.cls in (MacBudget, LatencyBudget):
+        return row.cls(value, example_inputs=example_inputs)
     return row.cls(value)

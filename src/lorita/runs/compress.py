@@ -13,9 +13,11 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lorita import io
@@ -26,6 +28,7 @@ from lorita.finetune import finetune as finetune_model
 from lorita.quantize import quantize_int8, save_quantized
 from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.ranks.search import BatchEvaluator, GreedySearch, SearchResult, search
+from lorita.runs.bench import latency_ratio
 from lorita.runs.folder import (
     LoadedRun,
     RunFolder,
@@ -60,6 +63,9 @@ def compress(
     progress: bool = True,
     overwrite: bool = False,
     eval_batch_size: int = EVAL_BATCH_SIZE,
+    split: str = "macs",
+    latency_batch: int | None = None,
+    split_batch: int = 1,
 ) -> dict[str, Any]:
     """``lorita compress``: merge a trained run, choose ranks, split, fine-tune, report (one writer).
 
@@ -76,6 +82,9 @@ def compress(
         data_dir: override the run's data folder. device: where to evaluate / search / fine-tune.
         progress: progress bars. overwrite: replace an earlier compression in ``out_dir``.
         eval_batch_size: images per evaluation forward pass (see ``runs.folder.EVAL_BATCH_SIZE``).
+        split: ``"latency"`` (policies only): split only where the pair measures faster (eager, 1
+            thread, batch ``split_batch``; :func:`lorita.to_low_rank`), decisions in the report.
+        latency_batch: also measure the latency ratio vs dense (eager, 1 thread, this batch).
 
     Returns:
         the report (also ``report.json``): ``dense`` and ``low_rank`` rows (accuracies, params, MACs
@@ -86,19 +95,9 @@ def compress(
             ``out_dir`` already holding a compression without ``overwrite``; errors of loading the run.
         TypeError: ``ranks`` neither a policy string nor a GreedySearch.
     """
-    if quantize is not None and quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"`quantize` must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
     searching = isinstance(ranks, GreedySearch)
-    if not searching and not isinstance(ranks, str):
-        raise TypeError(f"`ranks` must be a policy string (e.g. 'energy:0.99') or a GreedySearch, got {ranks!r}")
-    if searching and finetune is not None:
-        raise ValueError("`finetune` is for policies; a search fine-tunes through GreedySearch(finetune=...)")
-    out = Path(out_dir)
-    if (out / RunFolder.REPORT).exists() and not overwrite:
-        raise ValueError(
-            f"{out} already holds a compressed model ({RunFolder.REPORT}); pass `overwrite=True` to replace "
-            f"it, or choose another `out_dir`"
-        )
+    _check_args(ranks, finetune, quantize, split, latency_batch, split_batch)
+    out = _refuse_overwrite(Path(out_dir), overwrite)
     run = load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
     t0 = time.perf_counter()
     if searching:
@@ -107,13 +106,14 @@ def compress(
         ft_cfg = ranks.finetune
         label = "greedy search"
     else:
-        low, rank_map = _policy_model(run, ranks, exclude_modules, finetune, progress)
+        low, rank_map, decisions = _policy_model(run, ranks, exclude_modules, finetune, progress, split, split_batch)
         meta, ft_cfg, label, result = {"policy": ranks}, finetune, ranks, None
     if ft_cfg is not None:
         label += " + fine-tune" + (" + distill" if ft_cfg.distill is not None else "")
     dense_row = model_row(run, run.dense, "dense (merged)", progress=progress)
     low_row = model_row(run, low, f"low-rank ({label})", rank_map, progress=progress)
     low_row["wall_seconds"] = time.perf_counter() - t0
+    latency = _latency_column(run, low, latency_batch, dense_row, low_row)  # None without latency_batch
     out.mkdir(parents=True, exist_ok=True)  # created only once the inputs are known to be good
     build = build_info(run.cfg, run.data)  # lets `lorita export OUT` rebuild the model without the data
     merged_path = io.save(run.dense, out / RunFolder.MERGED, metadata={"run": str(run_dir), "build": build})
@@ -128,6 +128,9 @@ def compress(
         "low_rank": low_row,
         "layers": layers.to_dict(),
     }
+    if not searching and split == "latency":
+        report.update(split="latency", split_decisions={k: asdict(d) for k, d in decisions.items()})
+    report.update({"latency": latency} if latency is not None else {})
     if result is not None:
         write_json(out / RunFolder.TRACE, result.trace)
         report["search"] = result.to_dict()
@@ -144,20 +147,69 @@ def compress(
     return report
 
 
+def _refuse_overwrite(out: Path, overwrite: bool) -> Path:
+    if (out / RunFolder.REPORT).exists() and not overwrite:
+        raise ValueError(
+            f"{out} already holds a compressed model ({RunFolder.REPORT}); pass `overwrite=True` to replace "
+            f"it, or choose another `out_dir`"
+        )
+    return out
+
+
+def _check_args(ranks: Any, finetune: Any, quantize: Any, split: str, latency_batch: Any, split_batch: Any) -> None:
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"`quantize` must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    searching = isinstance(ranks, GreedySearch)
+    if not searching and not isinstance(ranks, str):
+        raise TypeError(f"`ranks` must be a policy string (e.g. 'energy:0.99') or a GreedySearch, got {ranks!r}")
+    if searching and finetune is not None:
+        raise ValueError("`finetune` is for policies; a search fine-tunes through GreedySearch(finetune=...)")
+    if split not in ("macs", "latency"):
+        raise ValueError(f"`split`={split!r} is not one of 'macs', 'latency'")
+    if searching and split != "macs":
+        raise ValueError("`split`='latency' applies to a policy; a search chooses and splits its own layers")
+    for name, b in (("latency_batch", latency_batch), ("split_batch", split_batch)):
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"`{name}` must be an int >= 1, got {b!r}")
+
+
+def _timing_batch(run: LoadedRun, batch: int | None) -> Any:
+    """A seeded random batch of the run's input shape for latency timing (on the CPU)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn((batch or 1, *run.example_inputs.shape[1:]), generator=g)
+
+
+def _latency_column(run: LoadedRun, low: nn.Module, batch: int | None, dense_row: dict, low_row: dict) -> Any:
+    """With ``batch``: the low-rank model's measured latency ratio vs dense (eager, 1 thread)."""
+    if batch is None:
+        return None
+    speedup = latency_ratio(run.dense, low, _timing_batch(run, batch), rounds=5)
+    dense_row["latency_ratio"], low_row["latency_ratio"] = 1.0, speedup
+    return {"batch": batch, "runtime": "eager", "threads": 1, "rounds": 5, "speedup": speedup}
+
+
 def _policy_model(
-    run: LoadedRun, policy: str, exclude_modules: Any, ft: FinetuneConfig | None, progress: bool
-) -> tuple[nn.Module, dict[str, int]]:
-    """The low-rank model of a one-shot policy (fine-tuned on the training split if ``ft``)."""
+    run: LoadedRun, policy: str, exclude_modules: Any, ft: FinetuneConfig | None, progress: bool,
+    split: str = "macs", split_batch: int = 1,
+) -> tuple[nn.Module, dict[str, int], dict]:
+    """The low-rank model of a one-shot policy (fine-tuned on the training split if ``ft``), its
+    ranks and the split decisions."""
     pol = parse_policy(policy, example_inputs=run.example_inputs)
     target, exclude = run.targets
     ranks = select_ranks(run.dense, pol, target, exclude_modules if exclude_modules is not None else exclude)
-    low = to_low_rank(run.dense, ranks)
+    if split == "latency":  # timed on the CPU, eager, one thread
+        x = _timing_batch(run, split_batch)
+        low, decisions = to_low_rank(run.dense.cpu(), ranks, split="latency", example_inputs=x, report=True)
+        low = low.to(run.device)
+        run.dense.to(run.device)
+    else:
+        low, decisions = to_low_rank(run.dense, ranks, report=True)
     if ft is not None:
         train, _, _ = make_loaders(run.data, run.cfg)
         teacher = run.dense.eval() if ft.distill is not None else None
         finetune_model(low, train, ft, teacher=teacher, seed=run.cfg.seed, device=run.device, progress=progress)
         low.eval()
-    return low, ranks
+    return low, ranks, decisions
 
 
 def run_search(

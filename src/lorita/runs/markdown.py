@@ -27,6 +27,25 @@ _HEAD = (
 )
 
 
+def _latency_lines(report: Mapping[str, Any]) -> list[str]:
+    lat = report.get("latency")
+    if not lat:
+        return []
+    return [f"Measured latency ratio (dense time / low-rank time; {lat['runtime']}, {lat['threads']} thread, batch "
+            f"{lat['batch']}, median of {lat['rounds']} interleaved rounds): **{lat['speedup']:.2f}**.", ""]
+
+
+def _split_lines(report: Mapping[str, Any]) -> list[str]:
+    dec = report.get("split_decisions")
+    if not dec:
+        return []
+    rows = [f"| {k} | {'split' if d['split'] else 'dense'} | {d['used_rank']} | {d['mac_ratio']:.2f} | "
+            f"{'-' if d['latency_ratio'] is None else format(d['latency_ratio'], '.2f')} | {d['reason']} |"
+            for k, d in dec.items()]
+    return ["## Split decisions (`--split latency`)", "",
+            "| layer | form | rank | MAC ratio | latency ratio | reason |", "|---|---|---:|---:|---:|---|", *rows, ""]
+
+
 def compress_markdown(report: Mapping[str, Any], layer_table: str) -> str:
     """Report of one ``lorita compress`` call."""
     ranks = report["low_rank"]["ranks"] or {}
@@ -40,12 +59,14 @@ def compress_markdown(report: Mapping[str, Any], layer_table: str) -> str:
         _row(report["dense"]),
         _row(report["low_rank"]),
         "",
+        *_latency_lines(report),
         "## Ranks",
         "",
         "| layer | rank |",
         "|---|---:|",
         *[f"| {k} | {v} |" for k, v in ranks.items()],
         "",
+        *_split_lines(report),
         "## Low-rank model, per layer",
         "",
         layer_table,
@@ -66,6 +87,11 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
         *[_row(r) for r in result["points"]],
         "",
     ]
+    lat = [r for r in result["points"] if r.get("latency_ratio") is not None]
+    if lat:  # `sweep --latency`
+        lines += ["Measured latency ratio (dense time / point's time; eager, 1 thread, interleaved rounds):", "",
+                  "| point | latency ratio |", "|---|---:|",
+                  *[f"| {r['label']} | {r['latency_ratio']:.2f} |" for r in lat], ""]
     return "\n".join(lines)
 
 

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from lorita import io
 from lorita._files import write_json
 from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.ranks.search import GreedySearch
+from lorita.runs.bench import latency_ratio
 from lorita.runs.compress import run_search
 from lorita.runs.folder import EVAL_BATCH_SIZE, LoadedRun, RunFolder, evaluate_point, load_run, model_row
 from lorita.runs.markdown import sweep_markdown
@@ -45,16 +47,22 @@ def sweep_run(
     search_tolerances: Sequence[float] | None = None,
     device: str = "cpu",
     eval_batch_size: int = EVAL_BATCH_SIZE,
+    latency_batch: int | None = None,
 ) -> dict[str, Any]:
     """Accuracy vs cost for many points of one policy kind from one trained model.
 
     With ``search_tolerances`` (accuracy points), the greedy rank search (:func:`lorita.search`)
     also runs once per tolerance; its points go to ``search_points`` and onto the same plot.
     Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``out_dir``. ``eval_batch_size``:
-    images per evaluation forward pass.
+    images per evaluation forward pass. With ``latency_batch``,
+    every point also gets ``latency_ratio``: measured dense time / its time (eager, 1 thread, that
+    batch; :func:`lorita.runs.bench.latency_ratio`).
     """
     if policy_kind not in DEFAULT_POINTS and policy_kind != "rank":
         raise ValueError(f"unknown policy kind {policy_kind!r}; choose one of {sorted(DEFAULT_POINTS) + ['rank']}")
+    if latency_batch is not None and (isinstance(latency_batch, bool) or not isinstance(latency_batch, int)
+                                      or latency_batch < 1):
+        raise ValueError(f"`latency_batch` must be an int >= 1, got {latency_batch!r}")
     pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
     if not pts:
         raise ValueError(f"give `points` for policy {policy_kind!r}")
@@ -71,8 +79,11 @@ def sweep_run(
         except ValueError as exc:  # an infeasible budget is a point we cannot reach, not a crash
             logger.warning("sweep: %s skipped: %s", text, exc)
             continue
-        row, _ = evaluate_point(run, ranks, text)
+        row, model = evaluate_point(run, ranks, text)
         row["point"] = p
+        if latency_batch is not None:
+            x = torch.randn((latency_batch, *run.example_inputs.shape[1:]), generator=torch.Generator().manual_seed(0))
+            row["latency_ratio"] = latency_ratio(run.dense, model, x)
         rows.append(row)
     result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
               "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows,

@@ -1,0 +1,52 @@
+"""LatencyBudget under a fake timer: the chosen ranks meet the measured budget, near it."""
+
+import pytest
+import torch
+from torch import nn
+
+import lorita
+from _fake_timer import FakeTimer, leaf_cost
+from lorita.ranks.policies import parse_policy, policy_string
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 64))
+
+
+X = torch.randn(1, 256)
+
+
+def _fraction(model, ranks, split="latency"):
+    deployed = lorita.to_low_rank(model, ranks, split=split, example_inputs=X, timer=FakeTimer())
+    return leaf_cost(deployed, (X,)) / leaf_cost(model, (X,))
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_latency_budget_meets_its_budget_under_a_fake_timer(fraction):
+    model = _mlp()
+    pol = lorita.LatencyBudget(fraction, example_inputs=X, timer=FakeTimer(), steps=8)
+    ranks = lorita.select_ranks(model, pol)
+    got = _fraction(model, ranks)
+    assert got <= fraction
+    # bisection lands close below the budget: a MAC fraction 1/2^8 higher would break it or be near
+    assert got > fraction - 0.1
+    assert set(ranks) == {"0", "2", "4"} and all(1 <= r <= 256 for r in ranks.values())
+
+
+def test_latency_budget_of_one_keeps_full_ranks_and_parses():
+    model = _mlp()
+    assert lorita.select_ranks(model, lorita.LatencyBudget(1.0, X, timer=FakeTimer())) == {"0": 256, "2": 256, "4": 64}
+    pol = parse_policy("latency:0.5", example_inputs=X)
+    assert isinstance(pol, lorita.LatencyBudget) and pol.fraction == 0.5 and policy_string(pol) == "latency:0.5"
+
+
+def test_latency_budget_bad_input_is_one_clear_line():
+    with pytest.raises(ValueError, match=r"`fraction` must be in \(0, 1\], got 1.5"):
+        lorita.LatencyBudget(1.5, X)
+    with pytest.raises(ValueError, match="LatencyBudget needs `example_inputs`"):
+        lorita.LatencyBudget(0.5)
+    with pytest.raises(ValueError, match=r"`runtime`='gpu' is not one of"):
+        lorita.LatencyBudget(0.5, X, runtime="gpu")
+    with pytest.raises(ValueError, match=r"`fraction`=0.01 not met: the fastest model tried"):
+        lorita.select_ranks(_mlp(), lorita.LatencyBudget(0.01, X, timer=FakeTimer(), steps=4))
