@@ -312,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
     b.add_argument("--channels-last", action="store_true", help="also time eager with channels_last inputs")
     b.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
+    b.add_argument("--no-fold-bn", action="store_true",
+                   help="time the models as stored (default: BatchNorm folded into the layer before it, as deployed)")
     b.add_argument("--out", default=None, help="folder for bench.json/bench.md (default: the one DIR)")
     b.set_defaults(func=cmd_bench)
 

@@ -238,7 +238,8 @@ def cmd_bench(args: Args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         res = bench_dirs(args.dirs, batches=args.batch, runtimes=args.runtime, threads=args.threads,
-                         channels_last=args.channels_last, rounds=args.rounds, out_dir=args.out)
+                         channels_last=args.channels_last, rounds=args.rounds, out_dir=args.out,
+                         fold_bn=not args.no_fold_bn)
     print((Path(res["out"]) / BENCH_MD).read_text())
     print(f"-> {res['out']}/{BENCH_JSON}, {BENCH_MD}")
     return 0

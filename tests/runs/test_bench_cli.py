@@ -5,6 +5,7 @@ import json
 import pytest
 
 from deploy_fixtures import compressed_run, fake_mnist, trained_run  # noqa: F401  (fixtures)
+import lorita
 from lorita.cli import main
 from lorita.runs.bench import bench_dirs
 
@@ -76,3 +77,28 @@ def test_sweep_latency_column(trained_run, fake_mnist, tmp_path):  # noqa: F811
     assert [p["point"] for p in res["points"]] == [2.0, 4.0]
     assert all(p["latency_ratio"] > 0 for p in res["points"]) and "latency_ratio" not in res["dense"]
     assert "| rank:2 |" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_bench_times_models_with_batchnorm_folded_by_default(monkeypatch, tmp_path, fold_bn):
+    import torch
+    from torch import nn
+
+    import lorita.runs.bench as bench
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        dense[1].running_mean.uniform_(-1, 1)
+        dense[1].running_var.uniform_(0.5, 2)
+    low = lorita.to_low_rank(dense, {"0": 2}).eval()
+    monkeypatch.setattr(bench, "folder_models", lambda d: ({"dense": dense, "low_rank": low}, (3, 8, 8)))
+    seen = []
+
+    def timer(fn, module, inputs):
+        seen.append(sum(isinstance(m, nn.BatchNorm2d) for m in module.modules()))
+        return [1e-3]
+
+    res = bench_dirs(["x"], batches=[2], out_dir=tmp_path, timer=timer, rounds=1, fold_bn=fold_bn)
+    assert seen == ([0, 0] if fold_bn else [1, 1]) and res["settings"]["fold_bn"] is fold_bn
+    assert isinstance(dense[1], nn.BatchNorm2d) and isinstance(low[1], nn.BatchNorm2d)  # stored models untouched

@@ -27,6 +27,7 @@ from torch import nn
 from lorita import io
 from lorita._files import atomic_write_text, write_json
 from lorita.counting import count_macs
+from lorita.fold import fold_batchnorm
 from lorita.latency import compare_latency
 from lorita.runs.config import TrainConfig
 from lorita.runs.folder import RunFolder, build_run_model
@@ -103,6 +104,7 @@ def bench_dirs(
     out_dir: str | Path | None = None,
     seed: int = 0,
     timer: Any = None,
+    fold_bn: bool = True,
 ) -> dict[str, Any]:
     """``lorita bench``: time each folder's models side by side, write ``bench.json`` + ``bench.md``.
 
@@ -113,6 +115,8 @@ def bench_dirs(
         rounds: interleaved rounds per setting. out_dir: where the files go (default: the one
             folder; required for several). seed: of the random input batch. timer: see
             :mod:`lorita.timing` (tests pass a fake one).
+        fold_bn: time the models as deployed, every eval-mode BatchNorm folded into the layer
+            before it (:func:`lorita.fold_batchnorm`, exact to float rounding); ``False``: as stored.
 
     Returns:
         ``{"rows": [...], "settings": {...}}``; each row: dir, model, batch, runtime, format, macs,
@@ -128,6 +132,8 @@ def bench_dirs(
         raise ValueError("several folders: give `out_dir` for bench.json / bench.md")
     settings = _settings(batches, runtimes, threads, channels_last)
     loaded = [(str(d), *folder_models(d)) for d in dirs]  # every folder checked before timing
+    if fold_bn:
+        loaded = [(n, {k: fold_batchnorm(m) for k, m in ms.items()}, s) for n, ms, s in loaded]
     rows = []
     for name, models, shape in loaded:
         costs = {k: count_macs(m, torch.zeros(1, *shape)) for k, m in models.items()}
@@ -145,7 +151,8 @@ def bench_dirs(
                     "median_s": cmp.median[label], "latency_ratio": cmp.speedup[label],
                 })
             logger.info("bench %s batch %d %s/%s: %s", name, batch, runtime, fmt, cmp.speedup)
-    result = {"rows": rows, "settings": {"threads": threads, "rounds": rounds, "torch": torch.__version__}}
+    result = {"rows": rows, "settings": {"threads": threads, "rounds": rounds, "fold_bn": fold_bn,
+                                         "torch": torch.__version__}}
     out = Path(out_dir) if out_dir is not None else Path(dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / BENCH_JSON, result)
