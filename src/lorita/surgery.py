@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from lorita import linalg
-from lorita.layers import ForwardMode, Init, kinds
+from lorita.layers import FactorSide, ForwardMode, Init, kinds
+from lorita.layers.base import INITS
 from lorita.layers.attention import PROJECTIONS, FactorizedMultiheadAttention, ProjectionView
 from lorita.layers.fastpath import sync_fast_paths
 from lorita.targeting import TargetPlan, Targets, aliases, child_name, find_targets, is_inside, tied_modules
@@ -112,6 +113,8 @@ def factorize(
     init: Init = "default",
     forward_mode: ForwardMode = "auto",
     inplace: bool = False,
+    init_scale: float = 1.0,
+    factor_side: FactorSide = "input",
 ) -> nn.Module:
     """Replace each targeted ``nn.Linear`` / ``nn.Conv2d`` by its depth-N training form.
 
@@ -124,11 +127,25 @@ def factorize(
         depth: N, the number of factors per layer (>= 1). ``depth=1`` returns the model
             unchanged (a copy unless ``inplace``).
         target_modules, exclude_modules, filter_fn: which layers (see :mod:`lorita.targeting`).
-        init: ``"default"`` — each factor gets PyTorch's default init (the paper's; train from
-            scratch); ``"preserve"`` — identity factors so the model computes exactly what it did
-            (for a pretrained model).
+        init: ``"default"`` — each factor gets PyTorch's default init (the paper's); the
+            product then starts far smaller than a dense init and depth ≥ 3 learns slowly.
+            ``"preserve"`` — identity square factors, the weight in the other one: the model
+            computes exactly what it did. ``"balanced"`` — each layer's own weight ``W = UΣVᵀ``
+            (a fresh default init for a new model, the trained weight for a pretrained one)
+            spread evenly, ``Σ^{1/N}`` in each factor: the same product, and the factors are
+            balanced (``F_{j+1}ᵀF_{j+1} = F_j F_jᵀ``), so weight decay equals the Schatten-2/N
+            penalty from step 0 (paper §3; :func:`lorita.linalg.balanced_factors`).
         forward_mode: ``"auto"`` (cheaper of chain/merged by MACs), ``"chain"`` or ``"merged"``.
         inplace: modify ``model`` itself instead of a deep copy.
+        init_scale: > 0; every factor is multiplied by ``init_scale^{1/N}``, so each layer's
+            product is ``init_scale·W`` ("preserve"/"balanced") or ``init_scale`` × the random
+            product ("default"). Biases are not scaled.
+        factor_side: Linear layers (and attention projections): ``"input"`` — N−1 square
+            ``in×in`` factors then ``in→out`` (the paper); ``"output"`` — ``in→out`` then N−1
+            square ``out×out``; ``"auto"`` — the smaller square size per layer (e.g. an MNIST
+            head 512→10 gets 10×10 factors instead of 512×512). Same Schatten-2/N penalty at
+            the optimum. Convs always keep the paper form (k×k conv then 1×1 ``C_out`` factors,
+            which is the output side of the matricized kernel; see :class:`FactorizedConv2d`).
 
     Returns:
         The factorized model. Layers that match but cannot be handled are left untouched and
@@ -141,8 +158,12 @@ def factorize(
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"`depth` must be an int >= 1, got {depth!r}; depth=1 leaves layers unchanged")
-    if init not in ("default", "preserve"):
-        raise ValueError(f"`init` must be 'default' or 'preserve', got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"`init` must be one of {INITS}, got {init!r}")
+    if factor_side not in linalg.FACTOR_SIDES:
+        raise ValueError(f"`factor_side` must be one of {linalg.FACTOR_SIDES}, got {factor_side!r}")
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > 0:
+        raise ValueError(f"`init_scale` must be a number > 0, got {init_scale!r}")
     if forward_mode not in ("auto", "chain", "merged"):
         raise ValueError(f"`forward_mode` must be 'auto', 'chain' or 'merged', got {forward_mode!r}")
     plan = factorize_plan(model, target_modules, exclude_modules, filter_fn)
@@ -156,7 +177,9 @@ def factorize(
     for fqn, mod in plan.targets:
         cls = kinds.factorized_class(mod)
         try:
-            new[fqn] = cls.from_dense(mod, depth, init=init, forward_mode=forward_mode)
+            new[fqn] = cls.from_dense(
+                mod, depth, init=init, forward_mode=forward_mode, init_scale=init_scale, factor_side=factor_side
+            )
             for pname, p in new[fqn].named_parameters():  # copied weights/biases must be finite
                 linalg.ensure_finite(p.detach(), pname)
         except (ValueError, TypeError) as exc:
