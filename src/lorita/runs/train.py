@@ -43,7 +43,10 @@ def build_training_model(cfg: TrainConfig, data: DataSplits | None = None) -> nn
     """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets."""
     model = build_model(cfg.model, **_model_kwargs(cfg, data))
     t, x = _targets(cfg)
-    return factorize(model, depth=cfg.depth, target_modules=t, exclude_modules=x, init=cfg.init, inplace=True)
+    return factorize(
+        model, depth=cfg.depth, target_modules=t, exclude_modules=x, init=cfg.init, inplace=True,
+        init_scale=cfg.init_scale, factor_side=cfg.factor_side,
+    )
 
 
 def _loss_fn(cfg: TrainConfig):
@@ -145,6 +148,7 @@ def _train_run(
         tr = train_one_epoch(
             net, train, opt, ctx.device, loss_fn, sched, progress=progress,
             desc=f"epoch {epoch + 1}/{cfg.epochs} (depth {cfg.depth})", amp_dtype=amp_dtype,
+            clip_grad_norm=cfg.clip_grad_norm if cfg.depth > 1 else 0.0,  # the guard is for factor chains
         )
         tr = distributed.all_reduce_mean(tr, ctx)
         va = evaluate(model, val, ctx.device) if len(data.val_y) else {"loss": float("nan"), "acc": float("nan")}
