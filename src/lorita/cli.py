@@ -135,6 +135,9 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--factor-side", choices=["auto", "input", "output"], default=d.factor_side,
                        help="where Linear layers keep their square factors: auto = the smaller side; "
                             "input = the paper's in x in")
+        g.add_argument("--init-from", default=None,
+                       help="start from these dense weights: a run folder or a .safetensors file (the pretrained "
+                            "path; with --init balanced or preserve the product equals them at step 0)")
         g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm,
                        help="gradient-norm bound for factorized models (depth > 1); 0 = off")
     g = p.add_argument_group("optimization")

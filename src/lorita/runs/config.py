@@ -18,7 +18,7 @@ __all__ = ["TrainConfig", "LEGACY_DEFAULTS"]
 
 #: Values of keys added after the first config.json format, for files written without them: the
 #: behaviour those runs had, so an old run resumes (and rebuilds) exactly as it trained.
-LEGACY_DEFAULTS: dict[str, Any] = {"init_scale": 1.0, "factor_side": "input", "clip_grad_norm": 0.0}
+LEGACY_DEFAULTS: dict[str, Any] = {"init_scale": 1.0, "factor_side": "input", "clip_grad_norm": 0.0, "init_from": None}
 
 
 @dataclass
@@ -39,6 +39,8 @@ class TrainConfig:
             models (depth > 1), 0 = off. See the README "Training" section for the measurements
             behind these defaults; config files without the last three keys load with
             :data:`LEGACY_DEFAULTS` (the behaviour before they existed).
+        init_from: start from these dense weights (a run folder or a safetensors file), spread
+            over the factors by ``init`` (the pretrained path); None = a fresh model.
         optimizer: ``sgd`` | ``adamw`` | ``adam``. lr, momentum: as usual.
         weight_decay: L2 coefficient λ; decay: ``"all"`` (paper) | ``"weights"`` | ``"factors"``.
         epochs, batch_size: as usual. scheduler: ``cosine`` | ``constant`` | ``step``;
@@ -62,6 +64,7 @@ class TrainConfig:
     init_scale: float = 1.0
     factor_side: str = "auto"
     clip_grad_norm: float = 2.0
+    init_from: str | None = None
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9

@@ -24,7 +24,16 @@ from lorita.engine import evaluate, make_optimizer, make_scheduler, train_one_ep
 from lorita.models import build_model
 from lorita.optim import param_groups
 from lorita.runs.config import TrainConfig
-from lorita.runs.folder import RunFolder, _model_kwargs, _targets, build_info, check_device, load_data, make_loaders
+from lorita.runs.folder import (
+    RunFolder,
+    _model_kwargs,
+    _targets,
+    build_info,
+    check_device,
+    load_data,
+    load_dense_weights,
+    make_loaders,
+)
 from lorita.surgery import factorize
 
 __all__ = ["seed_everything", "build_training_model", "train_run"]
@@ -40,8 +49,22 @@ def seed_everything(seed: int) -> None:
 
 
 def build_training_model(cfg: TrainConfig, data: DataSplits | None = None) -> nn.Module:
-    """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets."""
+    """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets.
+
+    With ``cfg.init_from`` (a run folder or safetensors file) the plain model first takes those
+    dense weights (:func:`lorita.runs.folder.load_dense_weights`); ``cfg.init`` then says how they
+    are spread over the factors ("balanced" or "preserve": the product equals them at step 0).
+
+    Raises:
+        ValueError: ``init_from`` with ``init='default'`` (which would discard the weights), or
+            weights that do not fit the model.
+    """
     model = build_model(cfg.model, **_model_kwargs(cfg, data))
+    if cfg.init_from is not None:
+        if cfg.init == "default" and cfg.depth > 1:
+            raise ValueError("`init`='default' draws fresh factors and would discard the weights of `init_from`; "
+                             "use `init`='balanced' or 'preserve'")
+        load_dense_weights(model, cfg.init_from)
     t, x = _targets(cfg)
     return factorize(
         model, depth=cfg.depth, target_modules=t, exclude_modules=x, init=cfg.init, inplace=True,
