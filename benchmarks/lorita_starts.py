@@ -61,14 +61,17 @@ def ranks_at(model: torch.nn.Module, energy: float = 0.99) -> dict[str, int]:
 
 def run_one(cfg: TrainConfig, data, workdir: Path) -> dict:
     """Train ``cfg`` through the CLI's workflow; accuracy, divergence, ranks at 99% energy, seconds."""
-    out = workdir / f"run-{random.getrandbits(40):010x}"
+    out = workdir / f"run-{len(list(workdir.iterdir())):04d}"  # (train_run re-seeds `random`)
     t0 = time.perf_counter()
     try:
         summary = train_run(cfg, out, progress=False, data=data)
     except FloatingPointError as exc:
         return {"diverged": True, "val_acc": None, "error": str(exc), "seconds": time.perf_counter() - t0}
     model = load(build_model("fcn"), out / "model.safetensors")
-    ranks = ranks_at(model)
+    try:
+        ranks = ranks_at(model)
+    except ValueError as exc:  # a non-finite merged weight: diverged without a non-finite loss
+        return {"diverged": True, "val_acc": summary["val_acc"], "error": str(exc), "seconds": time.perf_counter() - t0}
     return {"diverged": False, "val_acc": summary["val_acc"], "ranks99": ranks,
             "rank99_sum": sum(ranks.values()), "seconds": time.perf_counter() - t0}
 
