@@ -6,6 +6,7 @@ from torch import nn
 
 import lorita
 from lorita import linalg
+from lorita.io import manifest_of
 from lorita.layers import FactorizedConv2d, FactorizedLinear, FactorizedMultiheadAttention
 
 
@@ -128,3 +129,14 @@ def test_factorize_sides_save_load_and_merged_state_dict(tmp_path, side):
     plain = _Net()
     plain.load_state_dict(lorita.merge(fact).state_dict(), strict=True)
     torch.testing.assert_close(plain(x), fact(x), atol=1e-5, rtol=0)
+
+
+def test_attention_side_survives_save_load(tmp_path):
+    torch.manual_seed(5)
+    mha = nn.MultiheadAttention(8, 2)
+    fact = lorita.factorize(mha, depth=2, init="balanced", factor_side="output")
+    assert manifest_of(fact)["layers"][""]["factor_side"] == "output"
+    back = lorita.load(nn.MultiheadAttention(8, 2), lorita.save(fact, tmp_path / "a.safetensors"))
+    assert tuple(back.in_proj.factors[1].shape) == (24, 24)
+    q = torch.randn(3, 1, 8)
+    torch.testing.assert_close(back(q, q, q)[0], fact(q, q, q)[0], atol=0, rtol=0)
