@@ -42,12 +42,12 @@ RESULTS = Path(__file__).parent / "results"
 BUDGETS = (0.3, 0.2, 0.1)
 #: (label, init, weight decay, lr) of the LoRITa fine-tunes from the source
 # (a step shrinks each singular value by about N·lr·wd, so a short fine-tune needs a large product)
-RECIPES = [
+RECIPES = [  # round 2; round 1 (wd 2e-2..1e-1, lr 0.01..0.03) is in results/pretrained_path_round1.md
+    ("balanced wd 5e-3 lr 0.01", "balanced", 5e-3, 0.01),
+    ("balanced wd 1e-2 lr 0.01", "balanced", 1e-2, 0.01),
     ("balanced wd 2e-2 lr 0.01", "balanced", 2e-2, 0.01),
-    ("balanced wd 2e-2 lr 0.03", "balanced", 2e-2, 0.03),
-    ("balanced wd 5e-2 lr 0.03", "balanced", 5e-2, 0.03),
-    ("balanced wd 1e-1 lr 0.03", "balanced", 1e-1, 0.03),
-    ("preserve wd 5e-2 lr 0.03", "preserve", 5e-2, 0.03),
+    ("balanced wd 2e-2 lr 0.003", "balanced", 2e-2, 0.003),
+    ("preserve wd 1e-2 lr 0.01", "preserve", 1e-2, 0.01),
 ]
 
 
