@@ -39,6 +39,8 @@ _FLAGS = {
     "runtime": "--runtime", "runtimes": "--runtime", "batches": "--batch", "threads": "--threads", "rounds": "--rounds",
     "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch",
     "split_batch": "--latency-batch",
+    "init": "--init", "init_scale": "--init-scale", "factor_side": "--factor-side",
+    "clip_grad_norm": "--clip-grad-norm", "init_from": "--init-from",
 }
 
 
@@ -148,7 +150,19 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--depth", type=int, default=d.depth, help="factors per layer, N (1 = plain)")
         g.add_argument("--target-modules", type=_targets, default=None, help="regex or comma list of layer names")
         g.add_argument("--exclude-modules", type=_targets, default=None, help="regex or comma list of layer names")
-        g.add_argument("--init", choices=list(INITS), default=d.init, help="factor init")
+        g.add_argument("--init", choices=list(INITS), default=d.init,
+                       help="factor start: balanced = the layer's default init spread evenly over the factors "
+                            "(same product); default = the paper's per-factor init; preserve = identity factors")
+        g.add_argument("--init-scale", type=float, default=d.init_scale,
+                       help="the start's product is init_scale x W (each factor x init_scale^(1/depth))")
+        g.add_argument("--factor-side", choices=["auto", "input", "output"], default=d.factor_side,
+                       help="where Linear layers keep their square factors: auto = the smaller side; "
+                            "input = the paper's in x in")
+        g.add_argument("--init-from", default=None,
+                       help="start from these dense weights: a run folder or a .safetensors file (the pretrained "
+                            "path; with --init balanced or preserve the product equals them at step 0)")
+        g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm,
+                       help="gradient-norm bound for factorized models (depth > 1); 0 = off")
     g = p.add_argument_group("optimization")
     r = DEMO_RECIPE if demo else {}
     g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=r.get("optimizer", d.optimizer), help="optimizer")

@@ -25,12 +25,15 @@ def config_from(args: Args, **over: Any):
     """The :class:`~lorita.runs.config.TrainConfig` of ``lorita train`` / ``demo`` flags."""
     from lorita.runs.config import TrainConfig
 
+    d = TrainConfig()
     fields = dict(
         model=getattr(args, "model", "fcn"), model_kwargs=getattr(args, "model_kwargs", {}),
         dataset=getattr(args, "dataset", "mnist"), data_dir=args.data_dir, val_size=args.val_size,
         split_seed=args.split_seed, verify=not args.no_verify, limit_train=args.limit_train,
         depth=getattr(args, "depth", 3), target_modules=getattr(args, "target_modules", None),
-        exclude_modules=getattr(args, "exclude_modules", None), init=getattr(args, "init", "default"),
+        exclude_modules=getattr(args, "exclude_modules", None), init=getattr(args, "init", d.init),
+        init_scale=getattr(args, "init_scale", d.init_scale), factor_side=getattr(args, "factor_side", d.factor_side),
+        clip_grad_norm=getattr(args, "clip_grad_norm", d.clip_grad_norm), init_from=getattr(args, "init_from", None),
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         decay=args.decay, epochs=args.epochs, batch_size=args.batch_size, scheduler=args.scheduler,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, augment=args.augment,

@@ -90,6 +90,7 @@ def train_one_epoch(
     desc: str = "train",
     amp_dtype: torch.dtype | None = None,
     grad_scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: float = 0.0,
 ) -> dict[str, float]:
     """One pass over ``loader``; the scheduler (if any) steps every batch.
 
@@ -97,6 +98,11 @@ def train_one_epoch(
         loss_fn: ``(logits, y) -> scalar``; default cross-entropy.
         amp_dtype: autocast dtype (e.g. ``torch.bfloat16``) on CUDA; None = full precision.
         grad_scaler: for float16 autocast.
+        clip_grad_norm: if > 0, rescale the gradients of all parameters so their global L2 norm
+            is at most this (:func:`torch.nn.utils.clip_grad_norm_`, after unscaling under a
+            ``grad_scaler``) before every step; 0 = off. A depth-N product's gradient grows with
+            the factor norms, so one large early step can send a factor chain to NaN; clipping
+            bounds each step (the guard ``lorita train`` turns on for factorized models).
 
     Returns:
         ``{"loss": mean training loss, "acc": training accuracy in [0, 1], "n": samples}``.
@@ -109,6 +115,9 @@ def train_one_epoch(
     total, correct, loss_sum = 0, 0, 0.0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     device_type = torch.device(device).type
+    if clip_grad_norm < 0:
+        raise ValueError(f"`clip_grad_norm` must be >= 0 (0 = off), got {clip_grad_norm}")
+    params = [p for p in model.parameters() if p.requires_grad] if clip_grad_norm > 0 else []
     for step, batch in enumerate(bar):
         x, y = _to(batch, device)
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -121,10 +130,15 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         if grad_scaler is not None:
             grad_scaler.scale(loss).backward()
+            if params:
+                grad_scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
             grad_scaler.step(optimizer)
             grad_scaler.update()
         else:
             loss.backward()
+            if params:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
             optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -97,7 +97,8 @@ def manifest_of(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> 
 
     Returns:
         ``{"format": "lorita", "format_version", "lorita_version", "model_class",
-        "layers": {fqn: {"form", "kind", "depth" | "rank"[, "forward_mode"]}}, "metadata"}``.
+        "layers": {fqn: {"form", "kind", "depth" | "rank"[, "forward_mode"][, "factor_side"]}}, "metadata"}``
+        (``factor_side`` only when not the paper's ``"input"``; files without it load as before).
     """
     layers: dict[str, dict[str, Any]] = {}
     for fqn, mod in model.named_modules():
@@ -108,6 +109,9 @@ def manifest_of(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> 
             mode = getattr(mod, "forward_mode", "auto")
             if mode != "auto" and not isinstance(mod, FactorizedMultiheadAttention):
                 layers[fqn]["forward_mode"] = mode
+            side = getattr(mod, "factor_side", "input")
+            if side != "input" and not isinstance(mod, FactorizedConv2d):  # conv: one form only
+                layers[fqn]["factor_side"] = side
         elif isinstance(mod, _LOW_RANK):
             layers[fqn] = {"form": "low_rank", "kind": type(mod).__name__, "rank": mod.rank}
     return {
@@ -244,7 +248,10 @@ def _rebuild(model: nn.Module, layers: Mapping[str, Any], path: Path) -> nn.Modu
                 depth = spec["depth"]
                 if isinstance(depth, bool) or not isinstance(depth, int):
                     raise ValueError(f"`depth` must be an int, got {depth!r}")
-                new = _KINDS[kind].from_dense(mod, depth, forward_mode=spec.get("forward_mode", "auto"))
+                new = _KINDS[kind].from_dense(
+                    mod, depth, forward_mode=spec.get("forward_mode", "auto"),
+                    factor_side=spec.get("factor_side", "input"),
+                )
             elif form == "low_rank":
                 rank = spec["rank"]
                 if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:

@@ -38,7 +38,12 @@ __all__ = [
     "low_rank_params",
     "schatten_quasi_norm",
     "ensure_finite",
+    "balanced_factors",
+    "resolve_factor_side",
+    "FACTOR_SIDES",
 ]
+
+FACTOR_SIDES = ("input", "output", "auto")
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 
@@ -291,3 +296,67 @@ def svd_of_product(b: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     qa, ra = torch.linalg.qr(a.detach().to(dt).T)
     u, s, vh = torch.linalg.svd(rb @ ra.T)
     return qb @ u, s, vh @ qa.T
+
+
+def resolve_factor_side(side: str, m: int, n: int) -> str:
+    """Where the ``N−1`` square factors of an ``(m, n)`` weight go: ``"input"`` (``n×n``, the
+    paper's Linear form), ``"output"`` (``m×m``), or for ``"auto"`` the smaller of the two
+    (``"output"`` when ``m < n``, else ``"input"``; ties keep the paper's form).
+
+    Raises:
+        ValueError: ``side`` not in :data:`FACTOR_SIDES`.
+    """
+    if side not in FACTOR_SIDES:
+        raise ValueError(f"`factor_side` must be one of {FACTOR_SIDES}, got {side!r}")
+    if side == "auto":
+        return "output" if m < n else "input"
+    return side
+
+
+def balanced_factors(weight: Tensor, depth: int, side: str = "input", scale: float = 1.0) -> list[Tensor]:
+    """Split ``scale·W`` into ``depth`` *balanced* factors ``[F_1, …, F_N]`` (input side first).
+
+    With the full SVD ``W = U Σ Vᵀ`` (``q = min(m, n)`` singular values, padded with zeros to the
+    square size ``d``) and ``s = (scale·σ)^{1/N}``:
+
+    * ``side="input"`` (``d = n``): ``F_1 = ⋯ = F_{N−1} = V diag(s) Vᵀ`` (``n×n``),
+      ``F_N = U_q diag(s_q) V_qᵀ`` (``m×n``);
+    * ``side="output"`` (``d = m``): ``F_1 = U_q diag(s_q) V_qᵀ`` (``m×n``),
+      ``F_2 = ⋯ = F_N = U diag(s) Uᵀ`` (``m×m``).
+
+    Then ``F_N ⋯ F_1 = scale·W`` (up to float rounding) and ``F_{j+1}ᵀF_{j+1} = F_j F_jᵀ`` for every
+    ``j`` — the balancedness under which ``Σ_j ||F_j||_F² = N·Σ σ_j(scale·W)^{2/N}``, i.e. plain
+    weight decay equals the Schatten-2/N penalty from step 0 (LoRITa, arXiv 2405.03089, §3; Arora
+    et al. 2018 for balanced deep linear factorizations). Computed in float64, returned in
+    ``weight``'s dtype.
+
+    Args:
+        weight: ``(m, n)`` matrix (matricize conv kernels first). depth: N >= 1.
+        side: ``"input"`` | ``"output"`` | ``"auto"`` (:func:`resolve_factor_side`).
+        scale: > 0; the product is ``scale·W``.
+
+    Raises:
+        ValueError: bad ``depth``/``side``/``scale``, a non-2-D or non-finite weight.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"`depth` must be an int >= 1, got {depth!r}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"`init_scale` must be a finite number > 0, got {scale!r}")
+    if weight.dim() != 2:
+        raise ValueError(f"balanced_factors needs an (m, n) matrix, got shape {tuple(weight.shape)}")
+    ensure_finite(weight, "weight")
+    m, n = int(weight.shape[0]), int(weight.shape[1])
+    side = resolve_factor_side(side, m, n)
+    w = weight.detach().to(torch.float64)
+    if depth == 1:
+        return [(scale * w).to(weight.dtype)]
+    u, sv, vh = torch.linalg.svd(w, full_matrices=True)
+    q = sv.shape[0]
+    s = (scale * sv).pow(1.0 / depth)
+    main = (u[:, :q] * s) @ vh[:q]
+    basis = vh.T if side == "input" else u  # (d, d) orthogonal
+    pad = torch.zeros(basis.shape[0], dtype=torch.float64, device=w.device)
+    pad[:q] = s
+    square = (basis * pad) @ basis.T
+    mats = [square] * (depth - 1) + [main] if side == "input" else [main] + [square] * (depth - 1)
+    return [f.to(weight.dtype) for f in mats]

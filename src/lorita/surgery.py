@@ -16,10 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from lorita import linalg
-from lorita.layers import ForwardMode, Init, kinds
+from lorita.layers import FactorSide, ForwardMode, Init, kinds
 from lorita.layers.attention import PROJECTIONS, FactorizedMultiheadAttention, ProjectionView
+from lorita.layers.base import INITS
 from lorita.layers.fastpath import sync_fast_paths
-from lorita.targeting import TargetPlan, Targets, aliases, child_name, find_targets, is_inside, tied_modules
+from lorita.rank_checks import check_ranks
+from lorita.targeting import TargetPlan, Targets, child_name, find_targets, is_inside
 
 __all__ = [
     "factorize",
@@ -113,6 +115,8 @@ def factorize(
     init: Init = "default",
     forward_mode: ForwardMode = "auto",
     inplace: bool = False,
+    init_scale: float = 1.0,
+    factor_side: FactorSide = "input",
 ) -> nn.Module:
     """Replace each targeted ``nn.Linear`` / ``nn.Conv2d`` by its depth-N training form.
 
@@ -125,11 +129,25 @@ def factorize(
         depth: N, the number of factors per layer (>= 1). ``depth=1`` returns the model
             unchanged (a copy unless ``inplace``).
         target_modules, exclude_modules, filter_fn: which layers (see :mod:`lorita.targeting`).
-        init: ``"default"`` — each factor gets PyTorch's default init (the paper's; train from
-            scratch); ``"preserve"`` — identity factors so the model computes exactly what it did
-            (for a pretrained model).
+        init: ``"default"`` — each factor gets PyTorch's default init (the paper's); the
+            product then starts far smaller than a dense init and depth ≥ 3 learns slowly.
+            ``"preserve"`` — identity square factors, the weight in the other one: the model
+            computes exactly what it did. ``"balanced"`` — each layer's own weight ``W = UΣVᵀ``
+            (a fresh default init for a new model, the trained weight for a pretrained one)
+            spread evenly, ``Σ^{1/N}`` in each factor: the same product, and the factors are
+            balanced (``F_{j+1}ᵀF_{j+1} = F_j F_jᵀ``), so weight decay equals the Schatten-2/N
+            penalty from step 0 (paper §3; :func:`lorita.linalg.balanced_factors`).
         forward_mode: ``"auto"`` (cheaper of chain/merged by MACs), ``"chain"`` or ``"merged"``.
         inplace: modify ``model`` itself instead of a deep copy.
+        init_scale: > 0; every factor is multiplied by ``init_scale^{1/N}``, so each layer's
+            product is ``init_scale·W`` ("preserve"/"balanced") or ``init_scale`` × the random
+            product ("default"). Biases are not scaled.
+        factor_side: Linear layers (and attention projections): ``"input"`` — N−1 square
+            ``in×in`` factors then ``in→out`` (the paper); ``"output"`` — ``in→out`` then N−1
+            square ``out×out``; ``"auto"`` — the smaller square size per layer (e.g. an MNIST
+            head 512→10 gets 10×10 factors instead of 512×512). Same Schatten-2/N penalty at
+            the optimum. Convs always keep the paper form (k×k conv then 1×1 ``C_out`` factors,
+            which is the output side of the matricized kernel; see :class:`FactorizedConv2d`).
 
     Returns:
         The factorized model. Layers that match but cannot be handled are left untouched and
@@ -142,8 +160,12 @@ def factorize(
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"`depth` must be an int >= 1, got {depth!r}; depth=1 leaves layers unchanged")
-    if init not in ("default", "preserve"):
-        raise ValueError(f"`init` must be 'default' or 'preserve', got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"`init` must be one of {INITS}, got {init!r}")
+    if factor_side not in linalg.FACTOR_SIDES:
+        raise ValueError(f"`factor_side` must be one of {linalg.FACTOR_SIDES}, got {factor_side!r}")
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > 0:
+        raise ValueError(f"`init_scale` must be a number > 0, got {init_scale!r}")
     if forward_mode not in ("auto", "chain", "merged"):
         raise ValueError(f"`forward_mode` must be 'auto', 'chain' or 'merged', got {forward_mode!r}")
     plan = factorize_plan(model, target_modules, exclude_modules, filter_fn)
@@ -157,7 +179,9 @@ def factorize(
     for fqn, mod in plan.targets:
         cls = kinds.factorized_class(mod)
         try:
-            new[fqn] = cls.from_dense(mod, depth, init=init, forward_mode=forward_mode)
+            new[fqn] = cls.from_dense(
+                mod, depth, init=init, forward_mode=forward_mode, init_scale=init_scale, factor_side=factor_side
+            )
             for pname, p in new[fqn].named_parameters():  # copied weights/biases must be finite
                 linalg.ensure_finite(p.detach(), pname)
         except (ValueError, TypeError) as exc:
@@ -281,60 +305,6 @@ def singular_values(
     return out
 
 
-def _check_ranks(model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Module]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(ranks, Mapping):
-        raise TypeError(f"`ranks` must be a dict {{layer name: int}}, got {type(ranks).__name__}")
-    if not ranks:
-        raise ValueError("`ranks` is empty; pass {layer name: rank} (e.g. from lorita.select_ranks)")
-    modules = dict(model.named_modules())
-    tied, alias = tied_modules(model), aliases(model)
-    layers: dict[str, nn.Module] = {}
-    for fqn in ranks:
-        if not isinstance(fqn, str):
-            raise TypeError(f"`ranks` keys must be layer names (str), got {fqn!r}")
-        mod = modules.get(fqn)
-        parent_name, _, leaf = fqn.rpartition(".")
-        parent = modules.get(parent_name)
-        owner = parent_name if isinstance(parent, nn.MultiheadAttention) and leaf in PROJECTIONS else fqn
-        if owner in alias:
-            raise ValueError(
-                f"`{fqn}`: the same module object is also registered as {alias[owner]}; replacing one name "
-                f"would leave the other dense — drop `{fqn}` from `ranks`, or register distinct modules"
-            )
-        if owner in tied:
-            raise ValueError(
-                f"`{fqn}`: its weight is shared with `{tied[owner]}` (tied weights); truncating or splitting it "
-                f"would change `{tied[owner]}` too, or break the tie and grow the params — drop `{fqn}` from "
-                f"`ranks` (lorita.select_ranks skips it), or untie the weights first"
-            )
-        if isinstance(parent, nn.MultiheadAttention) and leaf in PROJECTIONS:
-            reason = kinds.dense_reason(parent)
-            if reason:
-                raise ValueError(f"`{parent_name}`: {reason}; drop `{fqn}` from `ranks`")
-            layers[fqn] = ProjectionView(parent, leaf)
-            continue
-        if mod is None:
-            raise ValueError(f"`{fqn}` in `ranks` is not a module of the model; check the layer names")
-        if isinstance(mod, FACTORIZED_TYPES) or isinstance(parent, FactorizedMultiheadAttention):
-            raise TypeError(f"`{fqn}` is still factorized; call lorita.merge(model) before truncating")
-        if isinstance(mod, nn.MultiheadAttention):
-            raise ValueError(
-                f"`{fqn}` is an nn.MultiheadAttention; give ranks for `{fqn}.in_proj` and `{fqn}.out_proj`"
-            )
-        if type(mod) not in DENSE_TYPES and not kinds.is_transposed_linear(mod):
-            raise TypeError(
-                f"`{fqn}` is a {type(mod).__name__}; ranks apply to Linear, Conv1d/Conv2d, GPT-2 Conv1D and "
-                f"attention projections only"
-            )
-        reason = kinds.dense_reason(mod)
-        if reason:
-            raise ValueError(f"`{fqn}`: {reason}; drop it from `ranks`")
-        layers[fqn] = mod
-    return layers
-
-
 def truncate(model: nn.Module, ranks: Mapping[str, int], inplace: bool = False) -> nn.Module:
     """Keep the top-``rank`` singular triplets of each listed layer; same architecture.
 
@@ -355,9 +325,9 @@ def truncate(model: nn.Module, ranks: Mapping[str, int], inplace: bool = False) 
             registered under two names — all before anything is modified; the message names
             both modules.
     """
-    _check_ranks(model, ranks)
+    check_ranks(model, ranks)
     work = _work_copy(model, inplace)
-    layers = _check_ranks(work, ranks)
+    layers = check_ranks(work, ranks)
     new_weights: dict[str, Tensor] = {}
     for fqn, mod in layers.items():
         new_weights[fqn] = linalg.truncate_weight(mod.weight.detach(), ranks[fqn], name=fqn)
@@ -414,9 +384,9 @@ def to_low_rank(
     """
     from lorita.split import decide_splits  # split -> timing; neither imports surgery
 
-    _check_ranks(model, ranks)
+    check_ranks(model, ranks)
     work = _work_copy(model, inplace)
-    layers = _check_ranks(work, ranks)
+    layers = check_ranks(work, ranks)
     for fqn, mod in layers.items():  # a bad rank: the usual message, before any timing
         linalg._check_rank(ranks[fqn], mod.weight.shape, fqn)
     decisions = decide_splits(work, layers, ranks, split, example_inputs, runtime, threads, multiple, timer)

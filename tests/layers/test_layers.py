@@ -117,4 +117,4 @@ def test_bad_depth_and_mode_are_rejected():
     with pytest.raises(ValueError, match="`forward_mode`"):
         FactorizedLinear(3, 3, depth=2, forward_mode="fast")
     with pytest.raises(ValueError, match="`init`"):
-        FactorizedLinear.from_dense(nn.Linear(3, 3), 2, init="balanced")
+        FactorizedLinear.from_dense(nn.Linear(3, 3), 2, init="spectral")

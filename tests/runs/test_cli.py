@@ -30,7 +30,8 @@ def test_train_writes_checkpoint_config_metrics(trained):
     assert len(rows) == 1 and {"train_loss", "train_acc", "val_acc", "val_loss"} <= set(rows[0])
     assert rows[0]["val_acc"] > 0.5  # 1 epoch on 1,500 digits: well above chance (0.1)
     man = lorita.read_manifest(trained / "model.safetensors")
-    assert man["layers"]["layers.0"] == {"form": "factorized", "kind": "FactorizedLinear", "depth": 3}
+    assert man["layers"]["layers.0"] == {"form": "factorized", "kind": "FactorizedLinear", "depth": 3,
+                                        "factor_side": "output"}  # --factor-side auto: 784 -> 64
 
 
 def test_compress_outputs_and_merged_loads_into_plain_class(trained, tmp_path, capsys):
@@ -218,3 +219,28 @@ def test_eval_batch_size_reaches_the_loaders_and_bad_values_name_the_flag(traine
                  "--out", str(tmp_path / "c")]) == 2
     assert capsys.readouterr().err.strip() == "lorita: error: --eval-batch-size must be a positive integer, got 0"
     assert not (tmp_path / "c").exists()
+
+
+def test_old_config_without_new_keys_loads_with_the_old_behaviour(tmp_path):
+    from lorita.runs.config import LEGACY_DEFAULTS, TrainConfig
+
+    cfg = TrainConfig(init="default").to_dict()
+    for key in LEGACY_DEFAULTS:
+        cfg.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    old = TrainConfig.load(tmp_path / "config.json")
+    assert (old.init, old.init_scale, old.factor_side, old.clip_grad_norm) == ("default", 1.0, "input", 0.0)
+    new = TrainConfig()
+    assert (new.init, new.factor_side, new.clip_grad_norm) == ("balanced", "auto", 2.0)
+
+
+def test_start_flags_reach_the_config():
+    from lorita.cli import build_parser
+    from lorita.commands import config_from
+
+    args = build_parser().parse_args(["train", "--out", "x", "--init", "preserve", "--init-scale", "0.5",
+                                      "--factor-side", "input", "--clip-grad-norm", "0"])
+    cfg = config_from(args)
+    assert (cfg.init, cfg.init_scale, cfg.factor_side, cfg.clip_grad_norm) == ("preserve", 0.5, "input", 0.0)
+    with pytest.raises(ValueError, match="`clip_grad_norm`"):
+        config_from(args, clip_grad_norm=-1.0)

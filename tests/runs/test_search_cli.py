@@ -23,6 +23,8 @@ def trained(tmp_path_factory):
             "train",
             "--depth",
             "3",
+            "--init",  # the paper's start: after this tiny run its spectrum is already low-rank (the
+            "default",  # search tests need layers that can shrink; balanced starts from a full-rank init)
             "--model-kwargs",
             '{"hidden": [64, 64]}',
             "--optimizer",

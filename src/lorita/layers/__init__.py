@@ -6,7 +6,7 @@
 """
 
 from lorita.layers.attention import FactorizedMultiheadAttention
-from lorita.layers.base import FactorizedLayer, ForwardMode, Init, LowRankLayer, adopt
+from lorita.layers.base import FactorizedLayer, FactorSide, ForwardMode, Init, LowRankLayer, adopt
 from lorita.layers.conv import FactorizedConv1d, FactorizedConv2d, LowRankConv1d, LowRankConv2d
 from lorita.layers.linear import FactorizedLinear, LowRankLinear
 from lorita.layers.transposed import FactorizedTransposedLinear, LowRankTransposedLinear
@@ -24,6 +24,7 @@ __all__ = [
     "FactorizedLayer",
     "LowRankLayer",
     "ForwardMode",
+    "FactorSide",
     "Init",
     "adopt",
 ]

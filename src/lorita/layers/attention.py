@@ -30,7 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorita.layers.base import FactorizedLayer, ForwardMode, Init, _check_depth, _check_init, adopt
+from lorita.layers.base import (
+    FACTOR_SIDES,
+    FactorizedLayer,
+    FactorSide,
+    ForwardMode,
+    Init,
+    _check_depth,
+    _check_start,
+    adopt,
+)
 from lorita.layers.linear import FactorizedLinear
 
 __all__ = ["FactorizedMultiheadAttention", "ProjectionView", "mha_reason", "PROJECTIONS"]
@@ -100,9 +109,12 @@ class FactorizedMultiheadAttention(FactorizedLayer):
         batch_first: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        factor_side: FactorSide = "input",
     ) -> None:
         super().__init__()
         _check_depth(depth)
+        if factor_side not in FACTOR_SIDES:
+            raise ValueError(f"`factor_side` must be one of {FACTOR_SIDES}, got {factor_side!r}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"`embed_dim`={embed_dim} must be divisible by `num_heads`={num_heads}")
         kw = {"device": device, "dtype": dtype}
@@ -115,8 +127,9 @@ class FactorizedMultiheadAttention(FactorizedLayer):
         self.add_zero_attn = add_zero_attn
         self.depth = depth
         self._qkv_same_embed_dim = False  # see class docstring: keeps fused fast paths off
-        self.in_proj = FactorizedLinear(embed_dim, 3 * embed_dim, depth, bias, "merged", **kw)
-        self.out_proj = FactorizedLinear(embed_dim, embed_dim, depth, bias, "merged", **kw)
+        self.factor_side = factor_side  # as asked; each projection resolves "auto" for its own shape
+        self.in_proj = FactorizedLinear(embed_dim, 3 * embed_dim, depth, bias, "merged", factor_side=factor_side, **kw)
+        self.out_proj = FactorizedLinear(embed_dim, embed_dim, depth, bias, "merged", factor_side=factor_side, **kw)
         if add_bias_kv:
             self.bias_k = nn.Parameter(torch.zeros((1, 1, embed_dim), **kw))
             self.bias_v = nn.Parameter(torch.zeros((1, 1, embed_dim), **kw))
@@ -168,21 +181,28 @@ class FactorizedMultiheadAttention(FactorizedLayer):
         depth: int,
         init: Init = "default",
         forward_mode: ForwardMode = "auto",
+        init_scale: float = 1.0,
+        factor_side: FactorSide = "input",
     ) -> FactorizedMultiheadAttention:
         """Build the depth-N form of ``mha`` (packed ``in_proj_weight`` only).
 
         Args:
             mha: the dense attention; ``in_proj_weight`` ``(3E, E)``, ``out_proj.weight`` ``(E, E)``.
             depth: factors per projection (>= 1).
-            init: ``"default"`` (fresh default init of every factor, biases copied; the paper's) or
-                ``"preserve"`` (identity factors: computes exactly what ``mha`` did).
+            init: ``"default"`` (fresh default init of every factor, biases copied; the paper's),
+                ``"preserve"`` (identity factors: computes exactly what ``mha`` did) or
+                ``"balanced"`` (each projection's weight spread evenly over its factors,
+                :func:`lorita.linalg.balanced_factors`).
             forward_mode: accepted for a uniform signature; the projections always run merged.
+            init_scale: each factor × ``init_scale^{1/N}`` (product ``init_scale·W``).
+            factor_side: for both projections (:class:`FactorizedLinear`; ``"auto"`` resolves per
+                projection: ``in_proj`` E→3E keeps the ``E×E`` input side).
 
         Raises:
-            ValueError: separate q/k/v weights, bad ``depth``/``init``.
+            ValueError: separate q/k/v weights, bad ``depth``/``init``/``init_scale``/``factor_side``.
         """
         _check_depth(depth)
-        _check_init(init)
+        _check_start(init, init_scale, factor_side)
         reason = mha_reason(mha)
         if reason is not None:
             raise ValueError(reason + "; exclude the layer")
@@ -190,15 +210,13 @@ class FactorizedMultiheadAttention(FactorizedLayer):
         new = cls(
             mha.embed_dim, mha.num_heads, depth, mha.dropout, mha.in_proj_bias is not None,
             mha.bias_k is not None, mha.add_zero_attn, mha.batch_first, device=w.device, dtype=w.dtype,
+            factor_side=factor_side,
         )
         pairs = ((new.in_proj, mha.in_proj_weight, mha.in_proj_bias),
                  (new.out_proj, mha.out_proj.weight, mha.out_proj.bias))
         with torch.no_grad():
             for fact, weight, bias in pairs:
-                if init == "preserve":
-                    for f in list(fact.factors)[:-1]:
-                        f.copy_(torch.eye(mha.embed_dim, dtype=w.dtype, device=w.device))
-                    fact.factors[-1].copy_(weight)
+                fact._load_start(weight, init, init_scale)
                 if bias is not None:
                     fact.bias.copy_(bias)
             if mha.bias_k is not None:

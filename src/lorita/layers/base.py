@@ -17,10 +17,12 @@ from torch import Tensor, nn
 from lorita import linalg
 
 ForwardMode = Literal["auto", "chain", "merged"]
-Init = Literal["default", "preserve"]
+Init = Literal["default", "preserve", "balanced"]
+FactorSide = Literal["input", "output", "auto"]
 _FORWARD_MODES = ("auto", "chain", "merged")
-_INITS = ("default", "preserve")
+_INITS = ("default", "preserve", "balanced")
 INITS = _INITS  # the factor starts ``from_dense(init=...)`` accepts (the CLI offers these)
+FACTOR_SIDES = linalg.FACTOR_SIDES  # where the square factors go (``from_dense(factor_side=...)``)
 
 
 def adopt(new: nn.Module, like: nn.Module, requires_grad: bool) -> nn.Module:
@@ -44,6 +46,17 @@ def _check_mode(mode: str) -> None:
 def _check_init(init: str) -> None:
     if init not in _INITS:
         raise ValueError(f"`init` must be one of {_INITS}, got {init!r}")
+
+
+def _check_start(init: str, init_scale: float, factor_side: str) -> None:
+    """Validate the ``init``, ``init_scale`` and ``factor_side`` arguments of ``from_dense``."""
+    _check_init(init)
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not (
+        math.isfinite(init_scale) and init_scale > 0
+    ):
+        raise ValueError(f"`init_scale` must be a finite number > 0, got {init_scale!r}")
+    if factor_side not in FACTOR_SIDES:
+        raise ValueError(f"`factor_side` must be one of {FACTOR_SIDES}, got {factor_side!r}")
 
 
 def _product_macs(shapes: list[tuple[int, int]]) -> int:
@@ -171,6 +184,35 @@ class _FactorChain(FactorizedLayer):
 
     def factor_parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.factors)
+
+    def _load_start(self, weight: Tensor, init: str, init_scale: float) -> None:
+        """Fill the factors with a start for the dense ``(m, n)`` matrix ``weight`` (no grad).
+
+        ``"default"``: keep the fresh default init; ``"preserve"``: identity square factors and
+        ``weight`` in the non-square one (``factors[-1]`` for the input side, ``factors[0]`` for
+        the output side); ``"balanced"``: :func:`lorita.linalg.balanced_factors`. Every factor is
+        then multiplied by ``init_scale^{1/N}``, so the product is ``init_scale`` × the start's
+        (for "preserve"/"balanced": ``init_scale·W``). Uses ``self.factor_side`` (resolved).
+        """
+        fs = list(self.factors)
+        d = len(fs)
+        with torch.no_grad():
+            if init == "balanced":
+                mats = linalg.balanced_factors(weight.detach(), d, self.factor_side, float(init_scale))
+                for f, m in zip(fs, mats):
+                    f.copy_(m.reshape(f.shape))
+                return
+            if init == "preserve":
+                main = d - 1 if self.factor_side == "input" else 0
+                for i, f in enumerate(fs):
+                    if i == main:
+                        f.copy_(weight.reshape(f.shape))
+                    else:
+                        f.copy_(torch.eye(f.shape[0], dtype=f.dtype, device=f.device))
+            if init_scale != 1.0:
+                c = float(init_scale) ** (1.0 / d)
+                for f in fs:
+                    f.mul_(c)
 
     def reset_parameters(self) -> None:
         """PyTorch's default init for every factor — ``kaiming_uniform_(a=√5)`` on its own fan-in,

@@ -19,12 +19,13 @@ from torch import Tensor, nn
 
 from lorita import linalg
 from lorita.layers.base import (
+    FactorSide,
     ForwardMode,
     Init,
     LowRankLayer,
     _check_depth,
-    _check_init,
     _check_mode,
+    _check_start,
     _FactorChain,
     _product_macs,
     adopt,
@@ -38,6 +39,14 @@ class FactorizedConv2d(_FactorChain):
     stride, padding, dilation and padding mode; ``factors[1..depth-1]`` ``(C_out, C_out)`` — the
     1×1 channel-mixing factors; ``bias`` ``(C_out,)`` or ``None`` (added after the last factor).
     Effective weight: ``unmatricize(F_N ⋯ F_2 · matricize(F_1))`` (paper §2.2).
+
+    Factor side: in matrix terms (weight matricized ``(C_out, C_in·k_h·k_w)``) this paper form
+    already puts the square factors on the *output* side, and ``C_out <= C_in·k_h·k_w`` for
+    nearly every conv, so it is also the smaller side. An input-side square factor would be
+    ``(C_in·k²)×(C_in·k²)`` — not a convolution — and 1×1 ``C_in`` factors in front of the
+    k×k conv would act on another unfolding of the kernel (not the one that is truncated), so
+    convs always keep this form: ``factor_side`` is accepted for a uniform signature and recorded
+    as ``"output"``.
 
     ``forward_mode`` as for :class:`FactorizedLinear`; for convolutions ``"merged"`` is nearly
     always cheaper (the factor product is tiny next to the activations), which is what
@@ -84,6 +93,7 @@ class FactorizedConv2d(_FactorChain):
         self._padding_ints = [0] * self._dims if isinstance(self.padding, str) else list(self.padding)
         self.depth = depth
         self.forward_mode = forward_mode
+        self.factor_side = "output"  # the only conv form (class docstring)
         first = (out_channels, in_channels, *self.kernel_size)
         shapes = [first] + [(out_channels, out_channels)] * (depth - 1)
         self._build_factors(shapes, out_channels if bias else None, in_channels * math.prod(self.kernel_size), kw)
@@ -157,22 +167,32 @@ class FactorizedConv2d(_FactorChain):
 
     @classmethod
     def from_dense(
-        cls, conv: nn.Conv2d, depth: int, init: Init = "default", forward_mode: ForwardMode = "auto"
+        cls,
+        conv: nn.Conv2d,
+        depth: int,
+        init: Init = "default",
+        forward_mode: ForwardMode = "auto",
+        init_scale: float = 1.0,
+        factor_side: FactorSide = "input",
     ) -> FactorizedConv2d:
         """Build the depth-N form of ``conv`` (groups must be 1).
 
         Args:
             conv: the dense conv; weight ``(C_out, C_in, k_h, k_w)``.
             depth: number of factors N (>= 1).
-            init: ``"default"`` (fresh default init, bias copied; the paper's) or ``"preserve"``
-                (``F_1 = W``, 1×1 factors ``= I``: computes exactly what ``conv`` did).
+            init: ``"default"`` (fresh default init, bias copied; the paper's), ``"preserve"``
+                (``F_1 = W``, 1×1 factors ``= I``: computes exactly what ``conv`` did) or
+                ``"balanced"`` (``W_mat = UΣVᵀ``: ``F_1 = U Σ^{1/N} Vᵀ`` reshaped to the kernel,
+                1×1 factors ``U Σ^{1/N} Uᵀ``; same product, balanced — paper §3).
             forward_mode: see the class docstring.
+            init_scale: each factor × ``init_scale^{1/N}`` (product ``init_scale·W``).
+            factor_side: accepted and validated; convs always use the paper form (class docstring).
 
         Raises:
-            ValueError: ``groups != 1``, bad ``depth``/``init``/``forward_mode``.
+            ValueError: ``groups != 1``, bad ``depth``/``init``/``init_scale``/``factor_side``/``forward_mode``.
         """
         _check_depth(depth)
-        _check_init(init)
+        _check_start(init, init_scale, factor_side)
         if conv.groups != 1:
             raise ValueError(
                 f"{type(conv).__name__} with groups={conv.groups} is not supported (only groups=1); "
@@ -193,11 +213,8 @@ class FactorizedConv2d(_FactorChain):
             device=w.device,
             dtype=w.dtype,
         )
+        layer._load_start(linalg.matricize(w), init, init_scale)
         with torch.no_grad():
-            if init == "preserve":
-                layer.factors[0].copy_(w)
-                for f in list(layer.factors)[1:]:
-                    f.copy_(torch.eye(conv.out_channels, dtype=w.dtype, device=w.device))
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
         return adopt(layer, conv, w.requires_grad)

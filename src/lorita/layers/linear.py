@@ -18,12 +18,13 @@ from torch import Tensor, nn
 
 from lorita import linalg
 from lorita.layers.base import (
+    FactorSide,
     ForwardMode,
     Init,
     LowRankLayer,
     _check_depth,
-    _check_init,
     _check_mode,
+    _check_start,
     _FactorChain,
     _product_macs,
     adopt,
@@ -33,8 +34,11 @@ from lorita.layers.base import (
 class FactorizedLinear(_FactorChain):
     """``nn.Linear`` over-parameterized as ``depth`` linear factors (LoRITa training form).
 
-    Parameters: ``factors[0..depth-2]`` of shape ``(in, in)`` (bias-free), ``factors[depth-1]`` of
-    shape ``(out, in)``, and ``bias`` ``(out,)`` or ``None``. The effective weight is
+    Parameters (``factor_side="input"``, the paper's): ``factors[0..depth-2]`` of shape
+    ``(in, in)`` (bias-free), ``factors[depth-1]`` of shape ``(out, in)``; with
+    ``factor_side="output"``: ``factors[0]`` ``(out, in)`` then ``depth−1`` square ``(out, out)``;
+    ``"auto"`` picks the smaller square size (output when ``out < in``) and is stored resolved in
+    ``self.factor_side``. ``bias`` ``(out,)`` or ``None``, added after the last factor. The effective weight is
     ``W = factors[-1] @ ⋯ @ factors[0]`` (paper §2.1). Plain weight decay on the factors is, at
     the optimum, ``depth · Σ σ_j(W)^{2/depth}`` (paper §3).
 
@@ -57,6 +61,7 @@ class FactorizedLinear(_FactorChain):
         forward_mode: ForwardMode = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        factor_side: FactorSide = "input",
     ) -> None:
         super().__init__()
         _check_depth(depth)
@@ -66,7 +71,11 @@ class FactorizedLinear(_FactorChain):
         self.out_features = out_features
         self.depth = depth
         self.forward_mode = forward_mode
-        shapes = [(in_features, in_features)] * (depth - 1) + [(out_features, in_features)]
+        self.factor_side = linalg.resolve_factor_side(factor_side, out_features, in_features)
+        self._square = in_features if self.factor_side == "input" else out_features
+        sq = [(self._square, self._square)] * (depth - 1)
+        main = [(out_features, in_features)]
+        shapes = sq + main if self.factor_side == "input" else main + sq
         self._build_factors(shapes, out_features if bias else None, in_features, kw)
 
     # -- math ---------------------------------------------------------------------------------
@@ -84,9 +93,12 @@ class FactorizedLinear(_FactorChain):
         """``"chain"`` or ``"merged"``: the cheaper forward for ``rows`` input vectors (by MACs)."""
         if self.forward_mode != "auto":
             return self.forward_mode
-        n, m, d = self.in_features, self.out_features, self.depth
-        chain = rows * (n * n * (d - 1) + n * m)
-        shapes = [(m, n)] + [(n, n) for _ in range(d - 1)]
+        n, m, d, k = self.in_features, self.out_features, self.depth, self._square
+        chain = rows * (k * k * (d - 1) + n * m)
+        if self.factor_side == "input":  # (rows, cols) of F_N, ..., F_1
+            shapes = [(m, n)] + [(k, k) for _ in range(d - 1)]
+        else:
+            shapes = [(k, k) for _ in range(d - 1)] + [(m, n)]
         merged = (_product_macs(shapes) if d > 1 else 0) + rows * n * m
         return "merged" if merged < chain else "chain"
 
@@ -102,7 +114,13 @@ class FactorizedLinear(_FactorChain):
     # -- conversions ----------------------------------------------------------------------------
     @classmethod
     def from_dense(
-        cls, linear: nn.Linear, depth: int, init: Init = "default", forward_mode: ForwardMode = "auto"
+        cls,
+        linear: nn.Linear,
+        depth: int,
+        init: Init = "default",
+        forward_mode: ForwardMode = "auto",
+        init_scale: float = 1.0,
+        factor_side: FactorSide = "input",
     ) -> FactorizedLinear:
         """Build the depth-N form of ``linear``.
 
@@ -110,15 +128,22 @@ class FactorizedLinear(_FactorChain):
             linear: the dense layer; its weight ``(out, in)``, dtype and device are used.
             depth: number of factors N (>= 1).
             init: ``"default"`` — fresh PyTorch default init of every factor, as in the paper
-                (the bias is copied); ``"preserve"`` — ``F_1 = ⋯ = F_{N-1} = I`` and
-                ``F_N = W``, so the layer computes exactly what ``linear`` did.
+                (the bias is copied); ``"preserve"`` — identity square factors and ``W`` in the
+                ``(out, in)`` one, so the layer computes exactly what ``linear`` did;
+                ``"balanced"`` — ``W = UΣVᵀ`` spread evenly, ``Σ^{1/N}`` in each factor
+                (:func:`lorita.linalg.balanced_factors`): same product, and weight decay equals
+                the Schatten-2/N penalty from step 0 (paper §3).
             forward_mode: see the class docstring.
+            init_scale: every factor is multiplied by ``init_scale^{1/N}``: the product is
+                ``init_scale·W`` for "preserve"/"balanced" (``init_scale`` × the random product
+                for "default").
+            factor_side: ``"input"`` (paper), ``"output"`` or ``"auto"`` (class docstring).
 
         Raises:
-            ValueError: bad ``depth``, ``init`` or ``forward_mode``.
+            ValueError: bad ``depth``, ``init``, ``init_scale``, ``factor_side`` or ``forward_mode``.
         """
         _check_depth(depth)
-        _check_init(init)
+        _check_start(init, init_scale, factor_side)
         w = linear.weight
         layer = cls(
             linear.in_features,
@@ -128,12 +153,10 @@ class FactorizedLinear(_FactorChain):
             forward_mode=forward_mode,
             device=w.device,
             dtype=w.dtype,
+            factor_side=factor_side,
         )
+        layer._load_start(w, init, init_scale)
         with torch.no_grad():
-            if init == "preserve":
-                for f in list(layer.factors)[:-1]:
-                    f.copy_(torch.eye(linear.in_features, dtype=w.dtype, device=w.device))
-                layer.factors[-1].copy_(w)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
         return adopt(layer, linear, w.requires_grad)
@@ -149,7 +172,7 @@ class FactorizedLinear(_FactorChain):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, depth={self.depth}, "
-            f"bias={self.bias is not None}, forward_mode={self.forward_mode!r}"
+            f"bias={self.bias is not None}, forward_mode={self.forward_mode!r}, factor_side={self.factor_side!r}"
         )
 
 

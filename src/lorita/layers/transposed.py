@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lorita import linalg
-from lorita.layers.base import ForwardMode, Init, _check_depth, _check_init, adopt
+from lorita.layers.base import FactorSide, ForwardMode, Init, _check_depth, _check_start, adopt
 from lorita.layers.linear import FactorizedLinear, LowRankLinear
 
 __all__ = [
@@ -58,7 +58,13 @@ class FactorizedTransposedLinear(FactorizedLinear):
 
     @classmethod
     def from_dense(
-        cls, layer: nn.Module, depth: int, init: Init = "default", forward_mode: ForwardMode = "auto"
+        cls,
+        layer: nn.Module,
+        depth: int,
+        init: Init = "default",
+        forward_mode: ForwardMode = "auto",
+        init_scale: float = 1.0,
+        factor_side: FactorSide = "input",
     ) -> FactorizedTransposedLinear:
         """Build the depth-N form of a ``Conv1D`` (weight ``(in, out)``); see FactorizedLinear.from_dense.
 
@@ -69,18 +75,15 @@ class FactorizedTransposedLinear(FactorizedLinear):
         if not is_transposed_linear(layer):
             raise TypeError(f"expected a GPT-2 style Conv1D, got {type(layer).__name__}")
         _check_depth(depth)
-        _check_init(init)
+        _check_start(init, init_scale, factor_side)
         w = layer.weight
         n_in, n_out = int(w.shape[0]), int(w.shape[1])
         new = cls(
             n_in, n_out, depth=depth, bias=layer.bias is not None, forward_mode=forward_mode,
-            device=w.device, dtype=w.dtype, dense_cls=type(layer),
+            device=w.device, dtype=w.dtype, dense_cls=type(layer), factor_side=factor_side,
         )
+        new._load_start(w.T, init, init_scale)
         with torch.no_grad():
-            if init == "preserve":
-                for f in list(new.factors)[:-1]:
-                    f.copy_(torch.eye(n_in, dtype=w.dtype, device=w.device))
-                new.factors[-1].copy_(w.T)
             if layer.bias is not None:
                 new.bias.copy_(layer.bias)
         return adopt(new, layer, w.requires_grad)

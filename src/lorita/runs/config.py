@@ -14,7 +14,11 @@ from typing import Any
 
 from lorita.engine import OPTIMIZERS, SCHEDULERS
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "LEGACY_DEFAULTS"]
+
+#: Values of keys added after the first config.json format, for files written without them: the
+#: behaviour those runs had, so an old run resumes (and rebuilds) exactly as it trained.
+LEGACY_DEFAULTS: dict[str, Any] = {"init_scale": 1.0, "factor_side": "input", "clip_grad_norm": 0.0, "init_from": None}
 
 
 @dataclass
@@ -28,7 +32,15 @@ class TrainConfig:
         verify: check dataset checksums. limit_train: use only the first N training images.
         depth: N factors per targeted layer (1 = plain training).
         target_modules / exclude_modules: which layers to factorize (None: the model's default).
-        init: ``"default"`` (paper) or ``"preserve"``.
+        init: factor start, ``"balanced"`` | ``"default"`` (paper) | ``"preserve"``
+            (:func:`lorita.factorize`). init_scale: the start's product is ``init_scale·W``.
+        factor_side: ``"auto"`` | ``"input"`` (paper) | ``"output"``: where Linear layers keep
+            their square factors. clip_grad_norm: global gradient-norm bound for factorized
+            models (depth > 1), 0 = off. See the README "Training" section for the measurements
+            behind these defaults; config files without the last three keys load with
+            :data:`LEGACY_DEFAULTS` (the behaviour before they existed).
+        init_from: start from these dense weights (a run folder or a safetensors file), spread
+            over the factors by ``init`` (the pretrained path); None = a fresh model.
         optimizer: ``sgd`` | ``adamw`` | ``adam``. lr, momentum: as usual.
         weight_decay: L2 coefficient λ; decay: ``"all"`` (paper) | ``"weights"`` | ``"factors"``.
         epochs, batch_size: as usual. scheduler: ``cosine`` | ``constant`` | ``step``;
@@ -48,7 +60,11 @@ class TrainConfig:
     depth: int = 3
     target_modules: Any = None
     exclude_modules: Any = None
-    init: str = "default"
+    init: str = "balanced"
+    init_scale: float = 1.0
+    factor_side: str = "auto"
+    clip_grad_norm: float = 2.0
+    init_from: str | None = None
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -84,8 +100,14 @@ class TrainConfig:
             bad("scheduler", f"must be one of {SCHEDULERS}")
         if self.decay not in ("all", "weights", "factors"):
             bad("decay", "must be 'all', 'weights' or 'factors'")
-        if self.init not in ("default", "preserve"):
-            bad("init", "must be 'default' or 'preserve'")
+        if self.init not in ("default", "preserve", "balanced"):
+            bad("init", "must be 'default', 'preserve' or 'balanced'")
+        if isinstance(self.init_scale, bool) or not isinstance(self.init_scale, (int, float)) or not self.init_scale > 0:
+            bad("init_scale", "must be a number > 0")
+        if self.factor_side not in ("input", "output", "auto"):
+            bad("factor_side", "must be 'input', 'output' or 'auto'")
+        if not isinstance(self.clip_grad_norm, (int, float)) or not self.clip_grad_norm >= 0:
+            bad("clip_grad_norm", "must be >= 0 (0 = off)")
         if not 0.0 <= self.label_smoothing < 1.0:
             bad("label_smoothing", "must be in [0, 1)")
         if self.val_size < 0:
@@ -98,12 +120,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; unknown keys raise (they are usually typos)."""
+        """Build from a dict; unknown keys raise (they are usually typos); keys missing from an
+        older file take :data:`LEGACY_DEFAULTS` (that run's behaviour), others the field defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
+        return cls(**{**LEGACY_DEFAULTS, **d})
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -48,6 +48,7 @@ __all__ = [
     "make_loaders",
     "build_info",
     "build_run_model",
+    "load_dense_weights",
     "load_run",
     "LoadedRun",
     "evaluate_point",
@@ -240,6 +241,49 @@ def build_run_model(folder: RunFolder, cfg: TrainConfig, data: DataSplits | None
     if build is not None:
         return build_model(build["model"], **build["model_kwargs"])
     return build_model(cfg.model, **_model_kwargs(cfg, data))
+
+
+def load_dense_weights(model: nn.Module, source: str | Path) -> nn.Module:
+    """Fill the plain ``model`` (the architecture to train) with the dense weights of ``source``.
+
+    ``source``: a run folder written by ``lorita train`` (its ``model.safetensors``, merged if it
+    was factorized), a file written by :func:`lorita.save` (any form; merged), or a plain
+    safetensors ``state_dict`` of the same architecture (``safetensors.torch.save_model``).
+    Returns ``model`` with the weights (merged, dense), in place.
+
+    Raises:
+        FileNotFoundError: no such file/folder. ValueError: a folder that is no training run, or
+            weights that do not fit the architecture (named by :mod:`lorita.io`).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    path = Path(source)
+    if path.is_dir():
+        if not RunFolder(path).is_trained():
+            raise ValueError(f"`init_from`={str(path)!r} is a folder without {RunFolder.MODEL}; pass a run folder "
+                             f"written by `lorita train` or a .safetensors file")
+        path = path / RunFolder.MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"`init_from`: no checkpoint at {path}; pass a run folder or a .safetensors file")
+    try:
+        io.read_manifest(path)
+        has_manifest = True
+    except ValueError as exc:
+        if "no lorita manifest" not in str(exc):
+            raise
+        has_manifest = False
+    if has_manifest:
+        loaded = merge(io.load(model, path))
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        return model
+    try:
+        load_model(model, str(path), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"`init_from`: {path} does not fit {type(model).__name__} ({first}); pass weights "
+                         f"of the same architecture (`model`, `model_kwargs`)") from None
+    return model
 
 
 def load_run(

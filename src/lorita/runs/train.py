@@ -24,7 +24,16 @@ from lorita.engine import evaluate, make_optimizer, make_scheduler, train_one_ep
 from lorita.models import build_model
 from lorita.optim import param_groups
 from lorita.runs.config import TrainConfig
-from lorita.runs.folder import RunFolder, _model_kwargs, _targets, build_info, check_device, load_data, make_loaders
+from lorita.runs.folder import (
+    RunFolder,
+    _model_kwargs,
+    _targets,
+    build_info,
+    check_device,
+    load_data,
+    load_dense_weights,
+    make_loaders,
+)
 from lorita.surgery import factorize
 
 __all__ = ["seed_everything", "build_training_model", "train_run"]
@@ -40,10 +49,27 @@ def seed_everything(seed: int) -> None:
 
 
 def build_training_model(cfg: TrainConfig, data: DataSplits | None = None) -> nn.Module:
-    """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets."""
+    """The reference model of ``cfg``, factorized to ``cfg.depth`` on its default targets.
+
+    With ``cfg.init_from`` (a run folder or safetensors file) the plain model first takes those
+    dense weights (:func:`lorita.runs.folder.load_dense_weights`); ``cfg.init`` then says how they
+    are spread over the factors ("balanced" or "preserve": the product equals them at step 0).
+
+    Raises:
+        ValueError: ``init_from`` with ``init='default'`` (which would discard the weights), or
+            weights that do not fit the model.
+    """
     model = build_model(cfg.model, **_model_kwargs(cfg, data))
+    if cfg.init_from is not None:
+        if cfg.init == "default" and cfg.depth > 1:
+            raise ValueError("`init`='default' draws fresh factors and would discard the weights of `init_from`; "
+                             "use `init`='balanced' or 'preserve'")
+        load_dense_weights(model, cfg.init_from)
     t, x = _targets(cfg)
-    return factorize(model, depth=cfg.depth, target_modules=t, exclude_modules=x, init=cfg.init, inplace=True)
+    return factorize(
+        model, depth=cfg.depth, target_modules=t, exclude_modules=x, init=cfg.init, inplace=True,
+        init_scale=cfg.init_scale, factor_side=cfg.factor_side,
+    )
 
 
 def _loss_fn(cfg: TrainConfig):
@@ -145,6 +171,7 @@ def _train_run(
         tr = train_one_epoch(
             net, train, opt, ctx.device, loss_fn, sched, progress=progress,
             desc=f"epoch {epoch + 1}/{cfg.epochs} (depth {cfg.depth})", amp_dtype=amp_dtype,
+            clip_grad_norm=cfg.clip_grad_norm if cfg.depth > 1 else 0.0,  # the guard is for factor chains
         )
         tr = distributed.all_reduce_mean(tr, ctx)
         va = evaluate(model, val, ctx.device) if len(data.val_y) else {"loss": float("nan"), "acc": float("nan")}
