@@ -147,7 +147,8 @@ def write(rows: list[dict], ratios: dict, meta: dict, stem: str = "lorita_starts
 
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for s in summary:
-            pts = [(r["rank99_sum"], 100 * r["val_acc"]) for r in rows if r["label"] == s["label"] and not r["diverged"]]
+            pts = [(r["rank99_sum"], 100 * r["val_acc"]) for r in rows
+                   if r["label"] == s["label"] and not r["diverged"]]
             if pts:
                 ax.scatter(*zip(*pts), label=s["label"], s=25)
         ax.set_xlabel("Σ rank at 99% energy after training (lower = more low-rank)")
@@ -181,7 +182,8 @@ def main() -> None:
     ratios = step_ratios()
     meta = {"recipe": "2 epochs, 20k images, SGD lr 0.05 cosine, wd 1e-3, batch 128",
             "seeds": args.seeds, "threads": 1,
-            "note": "20,000 training images (limit_train), validation = the CLI split's 5,000 held-out images; ranks from lorita.singular_values of the merged model."}
+            "note": "20,000 training images (limit_train), validation = the CLI split's 5,000 held-out images; "
+                    "ranks from lorita.singular_values of the merged model."}
     write(rows, ratios, meta)
 
 

@@ -80,7 +80,8 @@ def pick(rows: list[dict]) -> list[dict]:
         best = max(lor, key=lambda r: r["val_acc"])
         lor_ft = [r for r in rows if r["kind"] == "lorita" and r["budget"] == b and r["finetune_epochs"] > 0]
         best_ft = max(lor_ft, key=lambda r: r["val_acc"])
-        table.append({"budget": b, "svd_truncate": trunc, "svd_finetune": base, "lorita": best, "lorita_finetune": best_ft})
+        table.append({"budget": b, "svd_truncate": trunc, "svd_finetune": base, "lorita": best,
+                      "lorita_finetune": best_ft})
     return table
 
 
@@ -108,7 +109,8 @@ def write(rows: list[dict], meta: dict) -> None:
     for label in dict.fromkeys(r["label"] for r in rows if r["kind"] == "lorita"):
         rs = {r["budget"]: r for r in rows if r["label"] == label and r["finetune_epochs"] == 0}
         dense = next(r["dense_val"] for r in rows if r["label"] == label)
-        lines.append(f"| {label} | {100 * dense:.2f} | " + " | ".join(f"{100 * rs[b]['val_acc']:.2f}" for b in BUDGETS) + " |")
+        accs = " | ".join(f"{100 * rs[b]['val_acc']:.2f}" for b in BUDGETS)
+        lines.append(f"| {label} | {100 * dense:.2f} | {accs} |")
     lines += ["", meta["note"]]
     (RESULTS / "pretrained_path.md").write_text("\n".join(lines) + "\n")
     try:

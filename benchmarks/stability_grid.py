@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from lorita_starts import RESULTS, run_one  # benchmarks/ is on sys.path when run as a script
 
 from lorita.runs.config import TrainConfig
 from lorita.runs.folder import load_data
-
-from lorita_starts import RESULTS, run_one  # benchmarks/ is on sys.path when run as a script
 
 BASE = dict(model="fcn", dataset="mnist", limit_train=20000, epochs=2, optimizer="sgd", momentum=0.9,
             scheduler="cosine", batch_size=128)

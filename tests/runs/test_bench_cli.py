@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from deploy_fixtures import compressed_run, fake_mnist, trained_run  # noqa: F401  (fixtures)
 import lorita
+from deploy_fixtures import compressed_run, fake_mnist, trained_run  # noqa: F401  (fixtures)
 from lorita.cli import main
 from lorita.runs.bench import bench_dirs
 

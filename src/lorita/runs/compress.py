@@ -30,10 +30,10 @@ from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.ranks.search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.runs.bench import latency_ratio
 from lorita.runs.folder import (
+    EVAL_BATCH_SIZE,
     LoadedRun,
     RunFolder,
     build_info,
-    EVAL_BATCH_SIZE,
     load_run,
     make_loaders,
     model_row,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorita.engine import OPTIMIZERS, SCHEDULERS
+from lorita.layers.base import FACTOR_SIDES, INITS
 
 __all__ = ["TrainConfig", "LEGACY_DEFAULTS"]
 
@@ -100,11 +101,12 @@ class TrainConfig:
             bad("scheduler", f"must be one of {SCHEDULERS}")
         if self.decay not in ("all", "weights", "factors"):
             bad("decay", "must be 'all', 'weights' or 'factors'")
-        if self.init not in ("default", "preserve", "balanced"):
-            bad("init", "must be 'default', 'preserve' or 'balanced'")
-        if isinstance(self.init_scale, bool) or not isinstance(self.init_scale, (int, float)) or not self.init_scale > 0:
+        if self.init not in INITS:
+            bad("init", "must be one of " + ", ".join(repr(i) for i in INITS))
+        scale = self.init_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             bad("init_scale", "must be a number > 0")
-        if self.factor_side not in ("input", "output", "auto"):
+        if self.factor_side not in FACTOR_SIDES:
             bad("factor_side", "must be 'input', 'output' or 'auto'")
         if not isinstance(self.clip_grad_norm, (int, float)) or not self.clip_grad_norm >= 0:
             bad("clip_grad_norm", "must be >= 0 (0 = off)")
