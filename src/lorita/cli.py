@@ -34,7 +34,12 @@ _FLAGS = {
     "policy": "--policy", "points": "--points", "form": "--form", "augment": "--augment", "amp": "--amp",
     "nproc": "--nproc", "quantize": "--quantize", "exclude_modules": "--exclude-modules",
     "target_modules": "--target-modules", "finetune": "--finetune-epochs", "onnx_path": "--onnx",
-    "eval_batch_size": "--eval-batch-size",
+    "eval_batch_size": "--eval-batch-size", "depth": "--depth", "lr": "--lr", "weight_decay": "--weight-decay",
+    "epochs": "--epochs", "batch_size": "--batch-size", "momentum": "--momentum", "seed": "--seed",
+    "warmup_epochs": "--warmup-epochs", "label_smoothing": "--label-smoothing", "val_size": "--val-size",
+    "limit_train": "--limit-train", "optimizer": "--optimizer", "scheduler": "--scheduler", "decay": "--decay",
+    "fraction": "--policy value", "ratio": "--policy value", "energy": "--policy value",
+    "rel_sigma": "--policy value",
     "calibration_samples": "--calibration-samples", "val_samples": "--val-samples", "activations": "--int8-activations",
     "runtime": "--runtime", "runtimes": "--runtime", "batches": "--batch", "threads": "--threads", "rounds": "--rounds",
     "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch",
@@ -301,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(r)
     r.set_defaults(func=cmd_report)
 
+    _add_export_parser(sub, kw)
+    _add_bench_parser(sub, kw)
+
+    d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported", **kw)
+    _add_train_args(d, demo=True)
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--depths", type=int, nargs="+", default=[1, 3], help="depths to compare")
+    d.add_argument("--budgets", type=_floats, default=None, help="params budgets to sweep")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def _add_export_parser(sub: Any, kw: dict[str, Any]) -> None:
     e = sub.add_parser("export", help="export a compressed model to ONNX, checked with onnxruntime", **kw)
     e.add_argument("dir", help="folder written by `lorita compress` (or by `lorita train`, with --policy)")
     e.add_argument("--onnx", required=True, help="output .onnx file")
@@ -308,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--policy", default=None, help="training folders: compress with this policy first")
     e.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file (and FOLDER/compressed)")
     e.add_argument("--data-dir", default=None, help="override the training run's data folder")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     e.add_argument("--int8", action="store_true",
                    help="also write NAME.int8.onnx: static int8 (onnxruntime QDQ) calibrated on training images, "
                         "with NAME.int8.json/.md (bytes, val accuracy fp32 vs int8)")
@@ -319,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--int8: activation type; quint8 = onnxruntime's fast x86 kernels (default: quint8)")
     e.set_defaults(func=cmd_export)
 
+
+def _add_bench_parser(sub: Any, kw: dict[str, Any]) -> None:
     b = sub.add_parser("bench", help="measured latency of lorita folders, as ratios vs the dense source", **kw)
     b.add_argument("dirs", nargs="+", metavar="DIR", help="folders written by `lorita compress` or `lorita train`")
     b.add_argument("--batch", type=_ints, default="1,64", help="batch sizes, comma-separated")
@@ -330,14 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the models as stored (default: BatchNorm folded into the layer before it, as deployed)")
     b.add_argument("--out", default=None, help="folder for bench.json/bench.md (default: the one DIR)")
     b.set_defaults(func=cmd_bench)
-
-    d = sub.add_parser("demo", help="the main job: depth 1 vs depth 3 FCN on bundled MNIST, swept and reported", **kw)
-    _add_train_args(d, demo=True)
-    d.add_argument("--out", default="runs/demo", help="output folder")
-    d.add_argument("--depths", type=int, nargs="+", default=[1, 3], help="depths to compare")
-    d.add_argument("--budgets", type=_floats, default=None, help="params budgets to sweep")
-    d.set_defaults(func=cmd_demo)
-    return p
 
 
 def _given(sub: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:

@@ -225,7 +225,8 @@ def _export_int8(args: Args) -> int:
                             activations=args.int8_activations, overwrite=args.overwrite)
     f, q = s["fp32"], s["int8"]
     md = int8_paths(args.onnx)["md"]
-    print(f"exported {args.form} model -> {f['path']} (fp32, {f['bytes']:,} bytes, val acc {100 * f['val_acc']:.2f}%)\n"
+    print(f"exported {args.form} model -> {f['path']} (fp32, {f['bytes']:,} bytes, val acc {100 * f['val_acc']:.2f}% "
+          f"on the first {s['val_samples']} validation images)\n"
           f"int8 (calibrated on {s['calibration_samples']} training images) -> {q['path']} ({q['bytes']:,} bytes, "
           f"{100 * q['bytes'] / f['bytes']:.1f}% of fp32, val acc {100 * q['val_acc']:.2f}%)\n"
           f"top-1 agreement on {s['val_samples']} validation images: {100 * s['agreement']:.2f}%; summary -> {md}")

@@ -136,3 +136,10 @@ def test_rank_one_keeping_most_energy_is_not_warned(caplog):
     with caplog.at_level("WARNING", logger="lorita.ranks.policies"):
         assert lorita.select_ranks(model, lorita.RankRatio(0.1)) == {"0": 1}
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_budget_policies_choosing_rank_one_are_not_warned(caplog):
+    model = _model_with_spectra([((40, 40), [1.0] * 40), ((10, 40), [1.0] * 10)])
+    with caplog.at_level("WARNING", logger="lorita.ranks.policies"):
+        ranks = lorita.select_ranks(model, lorita.ParamBudget(0.07))
+    assert ranks["1"] == 1 and not [r for r in caplog.records if r.levelname == "WARNING"]

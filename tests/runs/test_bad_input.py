@@ -107,11 +107,11 @@ CLI_CASES = [
     ("data_flat_images", lambda t, d, r, o: train_args(_flat_images(t, d), o),
      r"train images \(160, 784\) .*do not form an MNIST-style split"),
     ("data_not_idx", lambda t, d, r, o: train_args(_not_idx(t, d), o), r"not an IDX file \(bad magic number"),
-    ("depth_0", lambda t, d, r, o: [*train_args(d, o), "--depth", "0"], r"`depth` must be an int >= 1, got 0"),
-    ("batch_0", lambda t, d, r, o: [*train_args(d, o), "--batch-size", "0"], r"`batch_size` must be >= 1, got 0"),
-    ("lr_negative", lambda t, d, r, o: [*train_args(d, o), "--lr", "-1"], r"`lr` must be > 0, got -1"),
+    ("depth_0", lambda t, d, r, o: [*train_args(d, o), "--depth", "0"], r"--depth must be an int >= 1, got 0"),
+    ("batch_0", lambda t, d, r, o: [*train_args(d, o), "--batch-size", "0"], r"--batch-size must be >= 1, got 0"),
+    ("lr_negative", lambda t, d, r, o: [*train_args(d, o), "--lr", "-1"], r"--lr must be > 0, got -1"),
     ("weight_decay_negative", lambda t, d, r, o: [*train_args(d, o), "--weight-decay", "-0.1"],
-     r"`weight_decay` must be >= 0"),
+     r"--weight-decay must be >= 0"),
     ("target_no_match", lambda t, d, r, o: [*train_args(d, o), "--target-modules", "conv.*"],
      r"no factorizable layers .*matched target_modules='conv\.\*'.*Candidates: \[layers\.0, layers\.2\]"
      r".*Fix --target-modules"),
@@ -141,15 +141,15 @@ CLI_CASES = [
 ]
 POLICIES = [
     ("energy", r"invalid policy 'energy'; expected kind:value"),
-    ("energy:1.5", r"`energy` must be in \(0, 1\], got 1\.5"),
-    ("energy:0", r"`energy` must be in \(0, 1\], got 0"),
-    ("params:0", r"`fraction` must be in \(0, 1\], got 0"),
-    ("macs:1.01", r"`fraction` must be in \(0, 1\], got 1\.01"),
-    ("ratio:-0.1", r"`ratio` must be in \(0, 1\]"),
+    ("energy:1.5", r"--policy value must be in \(0, 1\], got 1\.5"),
+    ("energy:0", r"--policy value must be in \(0, 1\], got 0"),
+    ("params:0", r"--policy value must be in \(0, 1\], got 0"),
+    ("macs:1.01", r"--policy value must be in \(0, 1\], got 1\.01"),
+    ("ratio:-0.1", r"--policy value must be in \(0, 1\]"),
     ("rank:0", r"`rank` must be an int >= 1, got 0"),
     ("rank:2.5", r"invalid value '2\.5' in policy 'rank:2\.5'"),
     ("bogus:1", r"unknown policy kind 'bogus'"),
-    ("global:2", r"`rel_sigma` must be in \[0, 1\]"),
+    ("global:2", r"--policy value must be in \[0, 1\]"),
 ]
 CLI_CASES += [
     (f"policy_{p}", lambda t, d, r, o, p=p: ["compress", str(r), "--policy", p, "--out", str(o), "--data-dir", str(d)],

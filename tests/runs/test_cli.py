@@ -168,8 +168,8 @@ def test_search_only_flags_with_a_policy_are_refused(trained, tmp_path, capsys, 
 
 @pytest.mark.parametrize("argv,match", [
     (["compress", "/nonexistent/run", "--policy", "energy:0.9"], "run folder /nonexistent/run does not exist"),
-    (["train", "--depth", "0", "--out", "x"], "`depth` must be an int >= 1"),
-    (["train", "--epochs", "0", "--out", "x"], "`epochs` must be an int >= 1, got 0"),
+    (["train", "--depth", "0", "--out", "x"], "--depth must be an int >= 1"),
+    (["train", "--epochs", "0", "--out", "x"], "--epochs must be an int >= 1, got 0"),
     (["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/t"],
      "MNIST folder /nonexistent/mnist does not exist"),
 ])
@@ -244,3 +244,12 @@ def test_start_flags_reach_the_config():
     assert (cfg.init, cfg.init_scale, cfg.factor_side, cfg.clip_grad_norm) == ("preserve", 0.5, "input", 0.0)
     with pytest.raises(ValueError, match="`clip_grad_norm`"):
         config_from(args, clip_grad_norm=-1.0)
+
+
+def test_library_value_errors_name_the_flag_the_user_typed(trained, tmp_path, capsys):
+    assert main(["--no-progress", "compress", str(trained), "--policy", "macs:2", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lorita: error: --policy value must be in (0, 1], got 2") and "`fraction`" not in err
+    assert main(["--no-progress", "train", "--depth", "0", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lorita: error:") and "--depth" in err and "`depth`" not in err

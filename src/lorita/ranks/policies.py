@@ -321,25 +321,28 @@ def select_ranks(
         policy = parse_policy(policy)
     if isinstance(policy, _LAYER_POLICIES):
         infos = layer_infos(model, target_modules, exclude_modules)
-        return _warn_rank_one(infos, {i.name: int(policy(i)) for i in infos}, policy)
+        ranks = {i.name: int(policy(i)) for i in infos}
+        return _warn_rank_one(infos, ranks, policy) if isinstance(policy, RankRatio | FixedRank) else ranks
     if isinstance(policy, ParamBudget):
         infos = layer_infos(model, target_modules, exclude_modules)
-        return _warn_rank_one(infos, _budget_ranks(infos, policy.fraction, use_macs=False), policy)
+        return _budget_ranks(infos, policy.fraction, use_macs=False)
     if isinstance(policy, MacBudget):
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
-        return _warn_rank_one(infos, _budget_ranks(infos, policy.fraction, use_macs=True), policy)
+        return _budget_ranks(infos, policy.fraction, use_macs=True)
     if isinstance(policy, LatencyBudget):  # bisects MacBudget's fraction against measured latency
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
-        return _warn_rank_one(infos, policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True)), policy)
+        return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True))
     raise TypeError(
         f"unknown rank policy {policy!r}; use FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, "
         f"ParamBudget, MacBudget or LatencyBudget"
     )
 
 
-#: A layer cut to rank 1 while keeping less than this share of its energy ``Σ S²`` is logged
-#: (``logging.WARNING``): typically a small classifier head under a uniform ratio (``ratio:0.1`` on
-#: a 10-class head), where rank 1 collapses the logits onto one direction.
+#: A layer that a shape-driven policy (:class:`RankRatio`, :class:`FixedRank`) cuts to rank 1 while
+#: keeping less than this share of its energy ``Σ S²`` is logged (``logging.WARNING``): typically a
+#: small classifier head under a uniform ratio (``ratio:0.1`` on a 10-class head), where rank 1
+#: collapses the logits onto one direction. Budget policies choose rank 1 from the spectra on
+#: purpose and are not warned about.
 RANK_ONE_WARN_ENERGY = 0.9
 
 
@@ -353,9 +356,9 @@ def _warn_rank_one(infos: list[LayerInfo], ranks: dict[str, int], policy: Any) -
         if kept < RANK_ONE_WARN_ENERGY:
             m, n = info.shape
             logger.warning(
-                "`%s` (%d×%d, max rank %d) gets rank 1 under %r, keeping %.1f%% of its energy; a small "
-                "layer such as a classifier head usually needs more — exclude it (`exclude_modules=%s`) or "
-                "use a gentler policy", info.name, m, n, info.max_rank, policy, 100 * kept, info.name,
+                "`%s` (%d×%d, max rank %d) gets rank 1 under %r, keeping %.1f%% of its energy — exclude it "
+                "(`exclude_modules=%s`) or use a larger ratio/rank", info.name, m, n, info.max_rank, policy,
+                100 * kept, info.name,
             )
     return ranks
 

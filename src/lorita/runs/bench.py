@@ -168,7 +168,9 @@ def bench_markdown(result: dict[str, Any]) -> str:
         "# lorita bench", "",
         f"{s['threads']} thread(s), {s['rounds']} interleaved rounds, torch {s['torch']}. Latency ratio = "
         f"t_dense / t_model (> 1: faster than the dense source), median of per-round ratios; the median time "
-        f"is this machine's, for context only. MACs and params per sample.", "",
+        f"is this machine's, for context only. MACs and params per sample"
+        + (", counted as timed: BatchNorm folded into the layer before it (so params are fewer than "
+           "`lorita compress` reports by the BatchNorm scales and shifts)." if s.get("fold_bn") else ".") , "",
         "| folder | model | batch | runtime | format | MACs | params | median (ms) | latency ratio | MAC ratio |",
         "|---|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]

@@ -182,7 +182,7 @@ def _train_run(
             "val_acc": va["acc"], "lr": opt.param_groups[0]["lr"], "seconds": dt,
         }
         history.append(row)
-        logger.info("epoch %d: train %.4f/%.4f val %.4f", epoch + 1, tr["loss"], tr["acc"], va["acc"])
+        logger.info("epoch %d: train loss %.4f acc %.4f, val acc %.4f", epoch + 1, tr["loss"], tr["acc"], va["acc"])
         if not ctx.is_main:
             continue
         io.atomic_write_text(out / RunFolder.METRICS, "".join(json.dumps(h) + "\n" for h in history))
