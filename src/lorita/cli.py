@@ -133,7 +133,7 @@ def _names(text: str) -> list[str]:
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     from lorita.data import DATASETS
     from lorita.engine import OPTIMIZERS, SCHEDULERS
-    from lorita.layers.base import INITS
+    from lorita.layers.base import FACTOR_SIDES, INITS
     from lorita.models import MODELS
     from lorita.optim import DECAY_CHOICES
     from lorita.runs.config import TrainConfig
@@ -160,7 +160,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
                             "(same product); default = the paper's per-factor init; preserve = identity factors")
         g.add_argument("--init-scale", type=float, default=d.init_scale,
                        help="the start's product is init_scale x W (each factor x init_scale^(1/depth))")
-        g.add_argument("--factor-side", choices=["auto", "input", "output"], default=d.factor_side,
+        g.add_argument("--factor-side", choices=list(FACTOR_SIDES), default=d.factor_side,
                        help="where Linear layers keep their square factors: auto = the smaller side; "
                             "input = the paper's in x in")
         g.add_argument("--init-from", default=None,

@@ -107,7 +107,7 @@ class TrainConfig:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             bad("init_scale", "must be a number > 0")
         if self.factor_side not in FACTOR_SIDES:
-            bad("factor_side", "must be 'input', 'output' or 'auto'")
+            bad("factor_side", "must be one of " + ", ".join(repr(s) for s in FACTOR_SIDES))
         if not isinstance(self.clip_grad_norm, (int, float)) or not self.clip_grad_norm >= 0:
             bad("clip_grad_norm", "must be >= 0 (0 = off)")
         if not 0.0 <= self.label_smoothing < 1.0:
