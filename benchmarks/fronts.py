@@ -133,10 +133,17 @@ def _cell(p: dict | None) -> str:
     return "–" if p is None else f"{p['weight_decay']:g} / {100 * p['val_acc']:.2f} / **{100 * p['test_acc']:.2f}**"
 
 
+def _grid(wds: dict | list, depths: list[int]) -> str:
+    if isinstance(wds, list):  # results written before per-depth grids
+        wds = {str(d): wds for d in depths}
+    return "; ".join(f"depth {d}: {', '.join(f'{w:g}' for w in wds[str(d)])}" for d in depths)
+
+
 def markdown(result: dict) -> str:
     fam, fr, depths = result["family"], result["fronts"], result["depths"]
     cfg, ft = result["config"], result["finetune"]
-    data = "all training images" if cfg.get("limit_train") is None else f"the first {cfg['limit_train']:,} training images"
+    limit = cfg.get("limit_train")
+    data = "all training images" if limit is None else f"the first {limit:,} training images"
     lines = [
         f"# Fronts at equal epochs: {FAMILIES[fam]['title']}, depth {' vs '.join(map(str, depths))}", "",
         f"Command: `{result['command']}`", "",
@@ -144,7 +151,8 @@ def markdown(result: dict) -> str:
         f"(5,000 held out for validation), batch {cfg['batch_size']}, seed {cfg['seed']}, warm-up "
         f"{cfg['warmup_epochs']:g} epoch(s), label smoothing {cfg['label_smoothing']:g}, augment {cfg['augment']}; "
         f"depth > 1 with the CLI's defaults (start `{cfg['init']}`, factor side `{cfg['factor_side']}`, gradient "
-        f"clipping {cfg['clip_grad_norm']:g}). Weight-decay grid {result['wds']} per depth, picked on validation. "
+        f"clipping {cfg['clip_grad_norm']:g}). Weight-decay grid per depth {_grid(result['wds'], depths)}, picked "
+        "on validation. "
         f"Ranks: `MacBudget` (fraction of the dense model's MACs, one-shot SVD of the merged weights); then the "
         f"same fine-tune for every depth: {ft['epochs']} epoch(s) {ft['optimizer']} lr {ft['lr']:g} on the "
         "training split. Cells: picked wd / val % / **test %** (test reported once, never used to pick). "
@@ -207,6 +215,8 @@ def main() -> None:
     p.add_argument("--family", choices=sorted(FAMILIES), required=True)
     p.add_argument("--depths", type=int, nargs="+", default=None, help="default: the family's")
     p.add_argument("--wds", type=float, nargs="+", default=None, help="weight-decay grid (default: the family's)")
+    p.add_argument("--extra", action="append", default=[], metavar="DEPTH:WD",
+                   help="one more (depth, weight decay) run beyond the grid, e.g. 3:1e-4 (repeatable)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--limit-train", type=int, default=None, help="train on the first N training images")
     p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
@@ -220,6 +230,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     fam = FAMILIES[args.family]
     depths, wds = args.depths or fam["depths"], args.wds or fam["wds"]
+    pairs = [(wd, d) for wd in wds for d in depths]
+    for item in args.extra:
+        try:
+            d, wd = item.split(":")
+            pairs.append((float(wd), int(d)))
+        except ValueError:
+            p.error(f"--extra {item!r}: expected DEPTH:WD, e.g. 3:1e-4")
+    depths = sorted({d for _, d in pairs})
+    grid = {str(d): sorted({wd for wd, dd in pairs if dd == d}) for d in depths}
     over = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train),
                               ("data_dir", args.data_dir)) if v is not None}
     base = TrainConfig(**{**fam["cfg"], **over, "seed": args.seed})
@@ -229,19 +248,18 @@ def main() -> None:
     data = load_data(base)
     result = {"family": args.family, "command": "python benchmarks/fronts.py " + " ".join(sys.argv[1:]),
               "config": base.to_dict(), "finetune": fam["finetune"], "threads": args.threads,
-              "depths": depths, "wds": wds, "budgets": args.budgets, "runs": []}
-    for wd in wds:
-        for depth in depths:
-            cfg = TrainConfig(**{**base.to_dict(), "depth": depth, "weight_decay": wd})
-            run_dir = out / f"d{depth}_wd{_tag(wd)}_e{cfg.epochs}"
-            t0 = time.perf_counter()
-            result["runs"].append(run_one(cfg, run_dir, args.budgets, ft, data))
-            logging.info("%s done (%.0f s)", run_dir.name, time.perf_counter() - t0)
-            result["fronts"] = fronts(result["runs"], depths, args.budgets)
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1))
-            atomic_write_text(stem.with_suffix(".md"), markdown(result))
-            plot(result, stem.with_name(stem.name + ".png"))
+              "depths": depths, "wds": grid, "budgets": args.budgets, "runs": []}
+    for wd, depth in pairs:
+        cfg = TrainConfig(**{**base.to_dict(), "depth": depth, "weight_decay": wd})
+        run_dir = out / f"d{depth}_wd{_tag(wd)}_e{cfg.epochs}"
+        t0 = time.perf_counter()
+        result["runs"].append(run_one(cfg, run_dir, args.budgets, ft, data))
+        logging.info("%s done (%.0f s)", run_dir.name, time.perf_counter() - t0)
+        result["fronts"] = fronts(result["runs"], depths, args.budgets)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1))
+        atomic_write_text(stem.with_suffix(".md"), markdown(result))
+        plot(result, stem.with_name(stem.name + ".png"))
 
 
 if __name__ == "__main__":
