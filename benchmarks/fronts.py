@@ -107,6 +107,31 @@ def run_one(cfg: TrainConfig, run_dir: Path, budgets: list[float], ft: FinetuneC
             "train_seconds": summary.get("wall_seconds"), "summary": summary, **res}
 
 
+def reusable(files: list[str], base: TrainConfig, finetune_cfg: dict, budgets: list[float]) -> dict:
+    """``{(depth, wd): (run, file)}`` for the finished runs in earlier result ``files`` whose recipe
+    (every config field but depth and weight decay), fine-tune and budgets equal this invocation's.
+
+    Raises:
+        SystemExit: a file is missing or was made with another recipe (the differing fields named).
+    """
+    want = {k: v for k, v in base.to_dict().items() if k not in ("depth", "weight_decay", "resume")}
+    out = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise SystemExit(f"--reuse {f}: no such file")
+        old = json.loads(path.read_text())
+        have = {k: v for k, v in old["config"].items() if k not in ("depth", "weight_decay", "resume")}
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff or old["finetune"] != finetune_cfg:
+            raise SystemExit(f"--reuse {f}: made with another recipe (differs in {diff or ['finetune']}); "
+                             "run it with the same --epochs/--limit-train/--seed/--data-dir")
+        for r in old["runs"]:
+            if all(f"{b:g}" in r["points"] for b in budgets):
+                out[r["depth"], r["weight_decay"]] = (r, f)
+    return out
+
+
 def pick(runs: list[dict], depth: int, budget: float | None, key: str) -> dict | None:
     """The run of ``depth`` with the best validation accuracy at ``budget`` (None: dense) for
     ``key`` ("one_shot" | "finetuned"); ties go to the smaller weight decay."""
@@ -151,7 +176,7 @@ def markdown(result: dict) -> str:
         f"(5,000 held out for validation), batch {cfg['batch_size']}, seed {cfg['seed']}, warm-up "
         f"{cfg['warmup_epochs']:g} epoch(s), label smoothing {cfg['label_smoothing']:g}, augment {cfg['augment']}; "
         f"depth > 1 with the CLI's defaults (start `{cfg['init']}`, factor side `{cfg['factor_side']}`, gradient "
-        f"clipping {cfg['clip_grad_norm']:g}). Weight-decay grid per depth {_grid(result['wds'], depths)}, picked "
+        f"clipping {cfg['clip_grad_norm']:g}). Weight-decay grid ({_grid(result['wds'], depths)}), picked "
         "on validation. "
         f"Ranks: `MacBudget` (fraction of the dense model's MACs, one-shot SVD of the merged weights); then the "
         f"same fine-tune for every depth: {ft['epochs']} epoch(s) {ft['optimizer']} lr {ft['lr']:g} on the "
@@ -225,6 +250,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="run folders (default: benchmarks/runs/fronts/<family>)")
     p.add_argument("--results", default=None, help="output stem (default: benchmarks/results/fronts_<family>)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="sets",
+                   help="override one TrainConfig field of the family's recipe for every run, e.g. "
+                        "clip_grad_norm=0 or lr=0.1 (repeatable; run folders and results get a suffix)")
+    p.add_argument("--reuse", action="append", default=[], metavar="JSON",
+                   help="a fronts result file whose finished runs (same recipe, depth, wd and budgets) "
+                        "are taken as they are instead of retraining (repeatable)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -241,19 +272,35 @@ def main() -> None:
     grid = {str(d): sorted({wd for wd, dd in pairs if dd == d}) for d in depths}
     over = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train),
                               ("data_dir", args.data_dir)) if v is not None}
-    base = TrainConfig(**{**fam["cfg"], **over, "seed": args.seed})
+    sets = {}
+    for item in args.sets:
+        key, sep, val = item.partition("=")
+        if not sep or key not in TrainConfig.__dataclass_fields__ or key in ("depth", "weight_decay"):
+            p.error(f"--set {item!r}: expected FIELD=VALUE with a TrainConfig field other than depth and "
+                    "weight_decay (those are --depths and --wds)")
+        try:
+            sets[key] = json.loads(val)
+        except json.JSONDecodeError:
+            sets[key] = val
+    suffix = "".join(f"_{k}{v}" for k, v in sets.items())
+    base = TrainConfig(**{**fam["cfg"], **over, **sets, "seed": args.seed})
     ft = FinetuneConfig(**fam["finetune"])
     out = Path(args.out or f"benchmarks/runs/fronts/{args.family}")
-    stem = Path(args.results or f"benchmarks/results/fronts_{args.family}")
+    stem = Path(args.results or f"benchmarks/results/fronts_{args.family}{suffix}")
     data = load_data(base)
     result = {"family": args.family, "command": "python benchmarks/fronts.py " + " ".join(sys.argv[1:]),
               "config": base.to_dict(), "finetune": fam["finetune"], "threads": args.threads,
               "depths": depths, "wds": grid, "budgets": args.budgets, "runs": []}
+    reused = reusable(args.reuse, base, fam["finetune"], args.budgets)
     for wd, depth in pairs:
         cfg = TrainConfig(**{**base.to_dict(), "depth": depth, "weight_decay": wd})
-        run_dir = out / f"d{depth}_wd{_tag(wd)}_e{cfg.epochs}"
+        run_dir = out / f"d{depth}_wd{_tag(wd)}_e{cfg.epochs}{suffix}"
         t0 = time.perf_counter()
-        result["runs"].append(run_one(cfg, run_dir, args.budgets, ft, data))
+        if (depth, wd) in reused and not (run_dir / "summary.json").is_file():
+            logging.info("%s taken from %s", run_dir.name, reused[depth, wd][1])
+            result["runs"].append(reused[depth, wd][0])
+        else:
+            result["runs"].append(run_one(cfg, run_dir, args.budgets, ft, data))
         logging.info("%s done (%.0f s)", run_dir.name, time.perf_counter() - t0)
         result["fronts"] = fronts(result["runs"], depths, args.budgets)
         stem.parent.mkdir(parents=True, exist_ok=True)

@@ -181,6 +181,8 @@ def _train_run(
             "epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
             "val_acc": va["acc"], "lr": opt.param_groups[0]["lr"], "seconds": dt,
         }
+        if "clipped" in tr:
+            row["clipped_frac"] = tr["clipped"]
         history.append(row)
         logger.info("epoch %d: train loss %.4f acc %.4f, val acc %.4f", epoch + 1, tr["loss"], tr["acc"], va["acc"])
         if not ctx.is_main:
