@@ -288,7 +288,10 @@ def main() -> None:
     out = Path(args.out or f"benchmarks/runs/fronts/{args.family}")
     stem = Path(args.results or f"benchmarks/results/fronts_{args.family}{suffix}")
     data = load_data(base)
-    result = {"family": args.family, "command": "python benchmarks/fronts.py " + " ".join(sys.argv[1:]),
+    argv = sys.argv[1:]  # the command that reproduces the table: --reuse is a cache, not the recipe
+    argv = [a for i, a in enumerate(argv) if a != "--reuse" and (i == 0 or argv[i - 1] != "--reuse")
+            and not a.startswith("--reuse=")]
+    result = {"family": args.family, "command": "python benchmarks/fronts.py " + " ".join(argv),
               "config": base.to_dict(), "finetune": fam["finetune"], "threads": args.threads,
               "depths": depths, "wds": grid, "budgets": args.budgets, "runs": []}
     reused = reusable(args.reuse, base, fam["finetune"], args.budgets)
