@@ -307,8 +307,8 @@ def main() -> None:
         logging.info("%s done (%.0f s)", run_dir.name, time.perf_counter() - t0)
         result["fronts"] = fronts(result["runs"], depths, args.budgets)
         stem.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1))
-        atomic_write_text(stem.with_suffix(".md"), markdown(result))
+        atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(result, indent=1))
+        atomic_write_text(stem.with_name(stem.name + ".md"), markdown(result))
         plot(result, stem.with_name(stem.name + ".png"))
 
 
