@@ -114,7 +114,8 @@ def train_one_epoch(
     """
     loss_fn = loss_fn or F.cross_entropy
     model.train()
-    total, correct, loss_sum, clipped, steps = 0, 0, 0.0, 0, 0
+    total, correct, loss_sum = 0, 0, 0.0
+    norms: list[Tensor] = []  # pre-clip gradient norms, kept on device (no host sync per step)
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     device_type = torch.device(device).type
     if clip_grad_norm < 0:
@@ -134,18 +135,17 @@ def train_one_epoch(
             grad_scaler.scale(loss).backward()
             if params:
                 grad_scaler.unscale_(optimizer)
-                clipped += int(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm) > clip_grad_norm)
+                norms.append(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
             grad_scaler.step(optimizer)
             grad_scaler.update()
         else:
             loss.backward()
             if params:
-                clipped += int(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm) > clip_grad_norm)
+                norms.append(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
         n = y.shape[0]
-        steps += 1
         total += n
         loss_sum += float(loss.detach()) * n
         correct += int((logits.detach().argmax(-1) == y).sum())
@@ -153,7 +153,7 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.4f}")
     out = {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1), "n": float(total)}
     if params:
-        out["clipped"] = clipped / max(steps, 1)
+        out["clipped"] = float((torch.stack(norms) > clip_grad_norm).float().mean()) if norms else 0.0
     return out
 
 
