@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from lorita.finetune import FinetuneConfig, finetune
-from lorita.io import atomic_write_text
+from lorita.io import atomic_path, atomic_write_text
 from lorita.ranks.policies import parse_policy, select_ranks
 from lorita.runs.config import TrainConfig
 from lorita.runs.folder import evaluate_point, load_data, load_run, make_loaders, model_row
@@ -229,10 +229,9 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import lorita
-from lorita.io import atomic_write_text
+from lorita.io import atomic_path, atomic_write_text
 from lorita.models import DEFAULT_CFGS, build_model, default_targets
 from lorita.timing import BenchmarkTimer
 
@@ -212,7 +212,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set_title("lorita: measured speed-up vs MAC reduction (1 thread)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 

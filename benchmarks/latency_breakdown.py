@@ -40,7 +40,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import lorita
-from lorita.io import atomic_write_text
+from lorita.io import atomic_path, atomic_write_text
 from lorita.models import DEFAULT_CFGS, build_model, default_targets
 
 log = logging.getLogger("bench.latency_breakdown")
@@ -179,10 +179,9 @@ def plot(rows: list[dict], path: Path, note: str) -> None:
     ax.set_title(f"Where the time goes, eager NCHW, 1 thread, batch {rows[0]['batch']} ({note})", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:
