@@ -18,6 +18,7 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latency.py --out benchmarks/results/latency
     .venv/bin/python benchmarks/latency.py --models fcn --budgets 0.3 --rounds 2   # quick look
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latency.py --models fcn vit --replace  # rerun two models in place
 
 Writes ``<out>.json``, ``<out>.md`` and ``<out>.png``. ``--fold-bn`` folds BatchNorm into the
 convs of all three models first (needs ``lorita.fold_batchnorm``, issue 9 item 3).
@@ -217,6 +218,15 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _merged(old: dict, rows: list[dict], traffic: list[dict], models: list[str]) -> tuple[list, list, int]:
+    """``--replace``: the rerun ``models``' rows in place of theirs in ``old`` (a previous result),
+    in ``old``'s model order; ``old``'s seconds are added to the total."""
+    order = list(dict.fromkeys(old["meta"]["args"]["models"] + models))
+    merged = [r for m in order for r in (rows if m in models else old["rows"]) if r["model"] == m]
+    kept = traffic if "resnet20" in models else old.get("traffic", [])
+    return merged, kept, old["meta"]["seconds"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "fcn", "vit", "vgg16", "resnet18"])
@@ -228,7 +238,10 @@ def main() -> None:
     p.add_argument("--multiple", type=int, default=None, help="also try ranks rounded up to this multiple")
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm first (lorita.fold_batchnorm)")
     p.add_argument("--out", default="benchmarks/results/latency")
+    p.add_argument("--replace", action="store_true",
+                   help="rerun only --models and keep the other models' rows of the existing <out>.json")
     args = p.parse_args()
+    old = json.loads(Path(args.out).with_suffix(".json").read_text()) if args.replace else None
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     torch.set_num_threads(1)
@@ -245,12 +258,14 @@ def main() -> None:
         out = Path(args.out)  # rewrite after every model: a cut-off run keeps what it measured
         out.parent.mkdir(parents=True, exist_ok=True)
         seconds = time.perf_counter() - t0
+        all_rows, all_traffic, before = (rows, traffic, 0) if old is None else _merged(old, rows, traffic, args.models)
+        seconds += before
         meta = {"torch": torch.__version__, "threads": 1, "rounds": args.rounds, "seconds": round(seconds),
-                "args": vars(args)}
-        atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows, "traffic": traffic},
-                                                               indent=1))
-        atomic_write_text(out.with_suffix(".md"), _markdown(rows, traffic, args, seconds))
-        _plot(rows, out.with_suffix(".png"))
+                "args": vars(args) if old is None else {**old["meta"]["args"], "replaced": args.models}}
+        atomic_write_text(out.with_suffix(".json"),
+                          json.dumps({"meta": meta, "rows": all_rows, "traffic": all_traffic}, indent=1))
+        atomic_write_text(out.with_suffix(".md"), _markdown(all_rows, all_traffic, args, seconds))
+        _plot(all_rows, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
