@@ -41,7 +41,7 @@ from lorita.models import DEFAULT_CFGS, build_model, default_targets
 from lorita.timing import BenchmarkTimer
 
 CNNS = {"resnet20", "resnet18", "vgg16"}
-BIG = {"resnet18", "vgg16"}  # batch 16 instead of 64 to keep the run short
+BIG = {"resnet18", "vgg16"}  # large batch --big-batch (default 16) to keep the default run short
 log = logging.getLogger("bench.latency")
 
 
@@ -49,8 +49,8 @@ def _bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _settings(name: str, big_batch: int) -> list[tuple[str, str, int]]:
-    batches = (1, 16 if name in BIG else big_batch)
+def _settings(name: str, batch: int, big_batch: int) -> list[tuple[str, str, int]]:
+    batches = (1, big_batch if name in BIG else batch)
     fmts = [("eager", "nchw"), ("eager", "channels_last"), ("onnxruntime", "nchw")]
     if name not in CNNS:
         fmts = [f for f in fmts if f[1] == "nchw"]
@@ -106,7 +106,7 @@ def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[dic
     for budget in args.budgets:
         ranks = lorita.select_ranks(model, lorita.MacBudget(budget, torch.zeros(1, *shape)), targets, exclude)
         by_macs = lorita.to_low_rank(model, ranks)
-        for runtime, fmt, batch in _settings(name, args.batch):
+        for runtime, fmt, batch in _settings(name, args.batch, args.big_batch):
             t0 = time.perf_counter()
             x = torch.randn(batch, *shape)
             if fmt == "channels_last":
@@ -146,13 +146,22 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _markdown(rows: list[dict], traffic: list[dict], args: argparse.Namespace, seconds: float) -> str:
+def _batches(rows: list[dict]) -> str:
+    by_model: dict[str, set] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], set()).add(r["batch"])
+    return ", ".join(f"{m} {'/'.join(map(str, sorted(b)))}" for m, b in by_model.items())
+
+
+def _markdown(rows: list[dict], traffic: list[dict], args: argparse.Namespace, seconds: float,
+              notes: list[str] = ()) -> str:
     out = [
         "# Latency: split=\"macs\" vs split=\"latency\"", "",
         f"Ratios vs the dense model, measured side by side in one process (interleaved rounds: {args.rounds}; "
         f"median of per-round ratios), 1 thread, random weights, ranks from `MacBudget` on the default targets. "
         f"torch {torch.__version__}. Shared, noisy machine: read ratios, never absolute times "
-        f"(whole run {seconds / 60:.0f} min). resnet18/vgg16 use batch 16 instead of {args.batch}.", "",
+        f"(whole run {seconds / 60:.0f} min). Batch sizes: {_batches(rows)}.", "",
+        *[f"Note: {n}\n" for n in notes],
         "latency ratio > 1: faster than dense. realized = latency ratio / MAC ratio. bytes: fp32 weights.", "",
         "control: a second copy of the dense model timed in the same rounds (its ratio should be 1.00; the gap "
         "is this setting's noise). Per round each model's fastest block (`BenchmarkTimer(best=True)`).", "",
@@ -227,17 +236,24 @@ def _merged(old: dict, rows: list[dict], traffic: list[dict], models: list[str])
     return merged, kept, old["meta"]["seconds"]
 
 
+def _old_notes(meta: dict) -> list[str]:
+    """The notes of a previous result (``rerun`` was the key of the first one)."""
+    return list(meta.get("notes", [])) + ([meta["rerun"]] if "rerun" in meta else [])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "fcn", "vit", "vgg16", "resnet18"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.2])
-    p.add_argument("--batch", type=int, default=64, help="the large batch (resnet18/vgg16 use 16)")
+    p.add_argument("--batch", type=int, default=64, help="the large batch (resnet18/vgg16: --big-batch)")
+    p.add_argument("--big-batch", type=int, default=16, help="the large batch for resnet18/vgg16")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--layer-time", type=float, default=0.02, help="min_run_time per layer measurement (s)")
     p.add_argument("--model-time", type=float, default=0.02, help="min_run_time per model measurement (s)")
     p.add_argument("--multiple", type=int, default=None, help="also try ranks rounded up to this multiple")
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm first (lorita.fold_batchnorm)")
     p.add_argument("--out", default="benchmarks/results/latency")
+    p.add_argument("--note", default=None, help="a sentence kept in the result's meta and Markdown")
     p.add_argument("--replace", action="store_true",
                    help="rerun only --models and keep the other models' rows of the existing <out>.json")
     args = p.parse_args()
@@ -260,11 +276,13 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         all_rows, all_traffic, before = (rows, traffic, 0) if old is None else _merged(old, rows, traffic, args.models)
         seconds += before
+        notes = ([] if old is None else _old_notes(old["meta"])) + ([args.note] if args.note else [])
         meta = {"torch": torch.__version__, "threads": 1, "rounds": args.rounds, "seconds": round(seconds),
-                "args": vars(args) if old is None else {**old["meta"]["args"], "replaced": args.models}}
+                "args": vars(args) if old is None else {**old["meta"]["args"], "replaced": args.models},
+                "notes": notes}
         atomic_write_text(out.with_suffix(".json"),
                           json.dumps({"meta": meta, "rows": all_rows, "traffic": all_traffic}, indent=1))
-        atomic_write_text(out.with_suffix(".md"), _markdown(all_rows, all_traffic, args, seconds))
+        atomic_write_text(out.with_suffix(".md"), _markdown(all_rows, all_traffic, args, seconds, notes))
         _plot(all_rows, out.with_suffix(".png"))
 
 

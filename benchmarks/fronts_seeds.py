@@ -1,0 +1,155 @@
+"""Seed spread of fronts at equal epochs (issue 10, item 4): the same (depth, weight decay) runs of
+``benchmarks/fronts.py`` repeated with other seeds, summarized per depth and MAC budget.
+
+Each input is a ``fronts.py`` result JSON made with one seed (same recipe otherwise). For every
+(depth, weight decay) that all inputs hold, it reports per MAC budget the mean and standard
+deviation over seeds of the test accuracy (validation in brackets), one-shot and after the
+fine-tune, and the paired difference to depth 1 (same seed, same wd): mean and how many seeds
+were ahead. Nothing is picked here, so test accuracy is only reported.
+
+Usage::
+
+    .venv/bin/python benchmarks/fronts_seeds.py \\
+        --inputs benchmarks/results/fronts_resnet20_e30.json benchmarks/runs/seeds/s1.json ... \\
+        --wd 2e-3 --out benchmarks/results/fronts_resnet20_e30_seeds
+
+Writes ``<out>.json``, ``<out>.md`` and ``<out>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from lorita.io import atomic_path, atomic_write_text
+
+
+def _runs(path: Path, wd: float | None) -> tuple[int, dict, dict[int, dict]]:
+    res = json.loads(path.read_text())
+    sel = [r for r in res["runs"] if wd is None or abs(r["weight_decay"] - wd) < 1e-12]
+    runs = {r["depth"]: r for r in sel}
+    if len(runs) < len(sel):
+        raise SystemExit(f"{path}: several weight decays per depth; choose one with --wd")
+    return res["config"]["seed"], res, runs
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "min": min(xs), "max": max(xs), "n": len(xs), "values": xs}
+
+
+def summarize(inputs: list[Path], wd: float | None) -> dict:
+    """``{"seeds", "depths", "budgets", "cells": {depth: {point: {"test", "val", "diff_test"}}}}``
+    with accuracies in %; ``point`` is ``dense`` or ``<budget>/<one_shot|finetuned>``.
+
+    Raises:
+        SystemExit: an input lacks a depth the others have, or two inputs share a seed.
+    """
+    loaded = [_runs(p, wd) for p in inputs]
+    seeds = [s for s, _, _ in loaded]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--inputs: seeds {seeds} repeat; give one result file per seed")
+    depths = sorted(set.intersection(*(set(r) for _, _, r in loaded)))
+    if not depths:
+        raise SystemExit("--inputs: no depth is in every file (check --wd)")
+    budgets = loaded[0][1]["budgets"]
+
+    def acc(run: dict, point: str, split: str) -> float:
+        if point == "dense":
+            return 100 * run["dense"][f"{split}_acc"]
+        b, key = point.split("/")
+        return 100 * run["points"][b][key][f"{split}_acc"]
+
+    points = ["dense"] + [f"{b:g}/{k}" for b in budgets for k in ("one_shot", "finetuned")]
+    cells: dict = {}
+    for d in depths:
+        cells[str(d)] = {}
+        for pt in points:
+            test = [acc(r[d], pt, "test") for _, _, r in loaded]
+            val = [acc(r[d], pt, "val") for _, _, r in loaded]
+            cell = {"test": _stats(test), "val": _stats(val)}
+            if d != depths[0]:
+                diff = [acc(r[d], pt, "test") - acc(r[depths[0]], pt, "test") for _, _, r in loaded]
+                dval = [acc(r[d], pt, "val") - acc(r[depths[0]], pt, "val") for _, _, r in loaded]
+                cell["diff_test"] = {**_stats(diff), "ahead": sum(x > 0 for x in diff)}
+                cell["diff_val"] = {**_stats(dval), "ahead": sum(x > 0 for x in dval)}
+            cells[str(d)][pt] = cell
+    first = loaded[0][1]
+    return {"inputs": [str(p) for p in inputs], "seeds": seeds, "weight_decay": wd, "depths": depths,
+            "budgets": budgets, "config": {k: v for k, v in first["config"].items() if k != "seed"},
+            "finetune": first["finetune"], "cells": cells}
+
+
+def markdown(res: dict) -> str:
+    d0, depths, cells = res["depths"][0], res["depths"], res["cells"]
+    cfg = res["config"]
+    n = len(res["seeds"])
+    lines = [
+        f"# Fronts over seeds: {cfg['model']}, depth {' vs '.join(map(str, depths))}", "",
+        f"Seeds {', '.join(map(str, res['seeds']))}; weight decay {res['weight_decay']:g} for every depth; "
+        f"{cfg['optimizer']} lr {cfg['lr']:g}, {cfg['epochs']} epochs"
+        + (f" on the first {cfg['limit_train']:,} training images" if cfg.get("limit_train") else "")
+        + f"; fine-tune {res['finetune']['epochs']} epoch(s) {res['finetune']['optimizer']} lr "
+        f"{res['finetune']['lr']:g}. Inputs: " + ", ".join(f"`{p}`" for p in res["inputs"]) + ".", "",
+        f"Cells: test % mean ± sd over {n} seeds (validation mean in brackets). Δ: paired difference to depth "
+        f"{d0} (same seed), test mean, and how many of the {n} seeds were ahead (validation in brackets).", "",
+        "| point | " + " | ".join(f"depth {d}" for d in depths)
+        + "".join(f" | Δ depth {d} − {d0}" for d in depths[1:]) + " |",
+        "|---|" + "---:|" * (2 * len(depths) - 1),
+    ]
+    for pt in cells[str(d0)]:
+        name = "dense" if pt == "dense" else f"{float(pt.split('/')[0]):.0%} {pt.split('/')[1].replace('_', '-')}"
+        row = [f"{c['test']['mean']:.2f} ± {c['test']['sd']:.2f} ({c['val']['mean']:.2f})"
+               for c in (cells[str(d)][pt] for d in depths)]
+        for d in depths[1:]:
+            t, v = cells[str(d)][pt]["diff_test"], cells[str(d)][pt]["diff_val"]
+            row.append(f"{t['mean']:+.2f}, {t['ahead']}/{n} ({v['mean']:+.2f}, {v['ahead']}/{n})")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, d in enumerate(res["depths"]):
+        c = res["cells"][str(d)]
+        for key, style in (("finetuned", "-o"), ("one_shot", ":x")):
+            bs = res["budgets"]
+            ys = [c[f"{b:g}/{key}"]["test"]["mean"] for b in bs]
+            es = [c[f"{b:g}/{key}"]["test"]["sd"] for b in bs]
+            ax.errorbar(bs, ys, yerr=es, fmt=style, color=f"C{i}", capsize=3,
+                        label=f"depth {d}, {key.replace('_', '-')}")
+        ax.axhline(c["dense"]["test"]["mean"], color=f"C{i}", lw=0.8, ls="--")
+    ax.set_xlabel("MACs kept (fraction of dense)")
+    ax.set_ylabel(f"test accuracy % (mean ± sd, {len(res['seeds'])} seeds)")
+    ax.set_title(f"{res['config']['model']}: fronts over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--inputs", nargs="+", required=True, help="fronts.py result JSONs, one per seed")
+    p.add_argument("--wd", type=float, default=None, help="the weight decay to compare (default: one run per depth)")
+    p.add_argument("--out", required=True, help="output stem")
+    args = p.parse_args()
+    res = summarize([Path(f) for f in args.inputs], args.wd)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(res, indent=1))
+    atomic_write_text(out.with_suffix(".md"), markdown(res))
+    plot(res, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
