@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="output folder")
     d.add_argument("--depths", type=int, nargs="+", default=[1, 3], help="depths to compare")
     d.add_argument("--budgets", type=_floats, default=None, help="params budgets to sweep")
+    d.add_argument("--jobs", type=int, default=None,
+                   help="depths trained at once, one process each with --threads threads "
+                        "(default: as many as the usable CPU cores allow; 1: one after the other)")
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -388,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if not args.verbose:  # one line per finished epoch even without -v
         logging.getLogger("lorita.runs.train").setLevel(logging.INFO)
+        logging.getLogger("lorita.runs.demo").setLevel(logging.INFO)  # its per-epoch lines when depths run in parallel
     if getattr(args, "threads", None):
         import torch
 

@@ -8,6 +8,7 @@ one and :mod:`lorita.cli`).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,21 @@ def cmd_demo(args: Args) -> int:
     from lorita.runs.demo import run_demo
 
     cfg = config_from(args, model="fcn", dataset="mnist", depth=1)
-    print(run_demo(cfg, args.out, depths=tuple(args.depths), budgets=args.budgets, progress=not args.no_progress))
+    threads = args.threads or 1
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1 (1 trains the depths one after the other)")
+    jobs = args.jobs if args.jobs is not None else max(1, min(len(args.depths), usable_cpus() // threads))
+    print(run_demo(cfg, args.out, depths=tuple(args.depths), budgets=args.budgets, progress=not args.no_progress,
+                   jobs=jobs, threads=threads))
     return 0
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def cmd_export(args: Args) -> int:

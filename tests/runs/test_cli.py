@@ -253,3 +253,29 @@ def test_library_value_errors_name_the_flag_the_user_typed(trained, tmp_path, ca
     assert main(["--no-progress", "train", "--depth", "0", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lorita: error:") and "--depth" in err and "`depth`" not in err
+
+
+def test_demo_parallel_depths_match_sequential(tmp_path, capsys):
+    """`--jobs 2` trains each depth in its own spawned process; every depth trains from its own
+    seed on one thread, so the weights and the swept accuracies equal the sequential run exactly."""
+    from safetensors.torch import load_file
+
+    common = ["--no-progress", "demo", *SMALL, "--budgets", "0.1,0.5", "--threads", "1",
+              "--model-kwargs", "{\"hidden\": [32, 32]}"]
+    assert main([*common, "--out", str(tmp_path / "seq"), "--jobs", "1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    seq, par = (json.loads((tmp_path / k / "demo.json").read_text()) for k in ("seq", "par"))
+    assert (seq["jobs"], par["jobs"]) == (1, 2)
+    for a, b in zip(seq["sweeps"], par["sweeps"]):
+        assert [p["test_acc"] for p in a["points"]] == [p["test_acc"] for p in b["points"]]
+        assert a["dense"]["val_acc"] == b["dense"]["val_acc"]
+    for depth in (1, 3):
+        wa = load_file(str(tmp_path / "seq" / f"depth{depth}" / "model.safetensors"))
+        wb = load_file(str(tmp_path / "par" / f"depth{depth}" / "model.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert "depth 3" in capsys.readouterr().out
+
+
+def test_demo_rejects_bad_jobs(tmp_path, capsys):
+    assert main(["--no-progress", "demo", "--out", str(tmp_path), *SMALL, "--jobs", "0"]) == 2
+    assert "--jobs 0" in capsys.readouterr().err
