@@ -206,32 +206,40 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: Path) -> None:
+def front_figure(draw, title: str, ylabel: str, path: Path) -> None:
+    """A MACs-kept vs accuracy figure: ``draw(ax)`` adds the lines; written atomically to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, d in enumerate(result["depths"]):
-        fr = result["fronts"][str(d)]
-        color = f"C{i}"
-        for key, style in (("finetuned", "-o"), ("one_shot", ":x")):
-            pts = [(p["macs_frac"], 100 * p["test_acc"]) for p in fr[key].values() if p is not None]
-            if pts:
-                xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, style, color=color, label=f"depth {d}, {key.replace('_', '-')}")
-        if fr["dense"] is not None:
-            ax.axhline(100 * fr["dense"]["test_acc"], color=color, lw=0.8, ls="--")
+    draw(ax)
     ax.set_xlabel("MACs kept (fraction of dense)")
-    ax.set_ylabel("test accuracy % (wd picked on validation)")
-    ax.set_title(FAMILIES[result["family"]]["title"], fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot(result: dict, path: Path) -> None:
+    def draw(ax) -> None:
+        for i, d in enumerate(result["depths"]):
+            fr = result["fronts"][str(d)]
+            color = f"C{i}"
+            for key, style in (("finetuned", "-o"), ("one_shot", ":x")):
+                pts = [(p["macs_frac"], 100 * p["test_acc"]) for p in fr[key].values() if p is not None]
+                if pts:
+                    xs, ys = zip(*sorted(pts))
+                    ax.plot(xs, ys, style, color=color, label=f"depth {d}, {key.replace('_', '-')}")
+            if fr["dense"] is not None:
+                ax.axhline(100 * fr["dense"]["test_acc"], color=color, lw=0.8, ls="--")
+
+    front_figure(draw, FAMILIES[result["family"]]["title"], "test accuracy % (wd picked on validation)", path)
 
 
 def main() -> None:

@@ -23,7 +23,9 @@ import json
 import statistics
 from pathlib import Path
 
-from lorita.io import atomic_path, atomic_write_text
+from fronts import front_figure  # benchmarks/ is on sys.path when this runs as a script
+
+from lorita.io import atomic_write_text
 
 
 def _runs(path: Path, wd: float | None) -> tuple[int, dict, dict[int, dict]]:
@@ -111,30 +113,19 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
+    def draw(ax) -> None:
+        for i, d in enumerate(res["depths"]):
+            c = res["cells"][str(d)]
+            for key, style in (("finetuned", "-o"), ("one_shot", ":x")):
+                bs = res["budgets"]
+                ys = [c[f"{b:g}/{key}"]["test"]["mean"] for b in bs]
+                es = [c[f"{b:g}/{key}"]["test"]["sd"] for b in bs]
+                ax.errorbar(bs, ys, yerr=es, fmt=style, color=f"C{i}", capsize=3,
+                            label=f"depth {d}, {key.replace('_', '-')}")
+            ax.axhline(c["dense"]["test"]["mean"], color=f"C{i}", lw=0.8, ls="--")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, d in enumerate(res["depths"]):
-        c = res["cells"][str(d)]
-        for key, style in (("finetuned", "-o"), ("one_shot", ":x")):
-            bs = res["budgets"]
-            ys = [c[f"{b:g}/{key}"]["test"]["mean"] for b in bs]
-            es = [c[f"{b:g}/{key}"]["test"]["sd"] for b in bs]
-            ax.errorbar(bs, ys, yerr=es, fmt=style, color=f"C{i}", capsize=3,
-                        label=f"depth {d}, {key.replace('_', '-')}")
-        ax.axhline(c["dense"]["test"]["mean"], color=f"C{i}", lw=0.8, ls="--")
-    ax.set_xlabel("MACs kept (fraction of dense)")
-    ax.set_ylabel(f"test accuracy % (mean ± sd, {len(res['seeds'])} seeds)")
-    ax.set_title(f"{res['config']['model']}: fronts over seeds", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".tmp.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    front_figure(draw, f"{res['config']['model']}: fronts over seeds",
+                 f"test accuracy % (mean ± sd, {len(res['seeds'])} seeds)", path)
 
 
 def main() -> None:
