@@ -43,8 +43,8 @@ def run_switch(k: int, depth: int, data) -> dict:
     base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD}
     plain = OUT / f"plain_e{k}"
     if not (plain / "summary.json").is_file():
-        train_run(TrainConfig(**base, depth=1, epochs=k), plain, progress=False, resume=True, data=data)
-    cfg = TrainConfig(**base, depth=depth, epochs=TOTAL - k, init="balanced", init_from=str(plain))
+        train_run(TrainConfig(**{**base, "depth": 1, "epochs": k}), plain, progress=False, resume=True, data=data)
+    cfg = TrainConfig(**{**base, "depth": depth, "epochs": TOTAL - k, "init": "balanced", "init_from": str(plain)})
     res = run_one(cfg, OUT / f"switch{k}_d{depth}", BUDGETS, FinetuneConfig(**FAM["finetune"]), data)
     res["switch"] = k
     return res

@@ -180,8 +180,8 @@ def run_arm(arm: str, fam: dict, src: Path, out: Path, data, run) -> list[dict]:
         rows = points(run, "SVD", fam["budgets"], fam["epochs"], {"kind": "svd", "dense_val": dense["val_acc"]})
     else:
         label, depth, init, wd, lr = fam["recipes"][int(arm)]
-        cfg = TrainConfig(**fam["base"], depth=depth, init=init, init_from=str(src), epochs=fam["epochs"], lr=lr,
-                          weight_decay=wd)
+        cfg = TrainConfig(**{**fam["base"], "depth": depth, "init": init, "init_from": str(src),
+                             "epochs": fam["epochs"], "lr": lr, "weight_decay": wd})
         t0 = time.perf_counter()
         summary = train_run(cfg, out / f"lorita{arm}", progress=False, resume=True, data=data)
         lr_run = load_run(out / f"lorita{arm}", data=data)
@@ -208,7 +208,7 @@ def main() -> None:
         p.error(f"--arms {bad}: choose from {every}")
     out = Path(args.out or f"benchmarks/runs/pretrained/{args.family}")
     src = out / "source"
-    src_cfg = TrainConfig(**fam["base"], depth=1, **fam["source"])
+    src_cfg = TrainConfig(**{**fam["base"], "depth": 1, **fam["source"]})
     data = load_data(src_cfg)
     if not (src / "summary.json").is_file():
         train_run(src_cfg, src, progress=False, resume=True, data=data)
