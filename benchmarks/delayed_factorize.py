@@ -10,7 +10,7 @@ picked on test. Compared with depth 1 and depth 2 trained from scratch for all 1
 (``fronts_resnet20.json``, same subset, recipe and seed).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --switch 5 &
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --switch 10
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --switch 10 --scratch 1 2
     .venv/bin/python benchmarks/delayed_factorize.py --report      # table from the cached runs
 
 Writes ``benchmarks/results/delayed_factorize.{json,md,png}``.
@@ -50,6 +50,15 @@ def run_switch(k: int, depth: int, data) -> dict:
     return res
 
 
+def run_scratch(depth: int, data) -> dict:
+    """Depth ``depth`` from scratch for all ``TOTAL`` epochs, same recipe (cached)."""
+    base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD}
+    cfg = TrainConfig(**{**base, "depth": depth, "epochs": TOTAL})
+    res = run_one(cfg, OUT / f"scratch_d{depth}", BUDGETS, FinetuneConfig(**FAM["finetune"]), data)
+    res["switch"] = None
+    return res
+
+
 def _pt(p: dict) -> str:
     return f"{100 * p['val_acc']:.2f} / {100 * p['test_acc']:.2f}"
 
@@ -57,13 +66,16 @@ def _pt(p: dict) -> str:
 def report(runs: list[dict]) -> None:
     fronts = json.loads((RESULTS / "fronts_resnet20.json").read_text())
     ref = [r for r in fronts["runs"] if r["weight_decay"] == WD and r["depth"] in (1, 2)]
-    rows = [(f"depth {r['depth']} from scratch, {TOTAL} ep", r) for r in ref]
-    rows += [(f"depth 1 {r['switch']} ep → depth {r['depth']} {TOTAL - r['switch']} ep", r) for r in runs]
+    rows = [(f"depth {r['depth']} from scratch, {TOTAL} ep", r) for r in runs if r["switch"] is None]
+    rows += [(f"depth 1 {r['switch']} ep → depth {r['depth']} {TOTAL - r['switch']} ep", r)
+             for r in runs if r["switch"] is not None]
+    rows += [(f"depth {r['depth']} from scratch, {TOTAL} ep (fronts_resnet20.json, another machine)", r) for r in ref]
     lines = ["# Factorize late: plain training first, then LoRITa, same 15-epoch budget (CIFAR-10 ResNet-20)", "",
              f"First {LIMIT:,} training images, SGD lr 0.05 momentum 0.9 cosine (each phase its own cosine with a "
              f"1-epoch warm-up), wd {WD:g}, augmentation, label smoothing 0.1, seed 0; then `MacBudget` one-shot "
-             "truncation and the same 1-epoch Adam 1e-4 fine-tune (the fronts' protocol). From-scratch rows: "
-             "`fronts_resnet20.json`. Cells: val % / test %.", "",
+             "truncation and the same 1-epoch Adam 1e-4 fine-tune (the fronts' protocol). The same recipe on "
+             "another machine (`fronts_resnet20.json`, last rows) gives a different trajectory (float rounding): "
+             "compare rows of one machine. Cells: val % / test %.", "",
              "| run | dense | " + " | ".join(f"{b:.0%} one-shot → fine-tuned" for b in BUDGETS) + " |",
              "|---|---|" + "---|" * len(BUDGETS)]
     for name, r in rows:
@@ -93,6 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--switch", type=int, nargs="*", default=[], help="plain epochs K before factorizing")
     p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--scratch", type=int, nargs="*", default=[], help="depths trained from scratch for comparison")
     p.add_argument("--report", action="store_true", help="write the table from every cached run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -102,8 +115,11 @@ def main() -> None:
     data = load_data(TrainConfig(**{**FAM["cfg"], "limit_train": LIMIT}))
     for k in args.switch:
         run_switch(k, args.depth, data)
+    for d in args.scratch:
+        run_scratch(d, data)
     if args.report:
-        runs = []
+        runs = [run_scratch(int(d.name[len("scratch_d"):]), data) for d in sorted(OUT.glob("scratch_d*"))
+                if (d / "front.json").is_file()]
         for d in sorted(OUT.glob("switch*_d*")):
             if (d / "front.json").is_file() and (d / "summary.json").is_file():
                 k, depth = (int(x) for x in d.name[len("switch"):].split("_d"))
