@@ -73,7 +73,7 @@ FAMILIES: dict[str, dict] = {
         "title": "CIFAR-10 ResNet-20", "stem": "pretrained_path_resnet20",
         "base": dict(model="resnet20", optimizer="sgd", momentum=0.9, limit_train=15000, **CIFAR_RECIPE),
         "source": dict(epochs=15, lr=0.05, weight_decay=2e-3),
-        "budgets": (0.5, 0.3, 0.2), "epochs": 3,
+        "budgets": (0.5, 0.3, 0.2), "epochs": 3, "svd2": True,
         "recipes": [
             ("depth 2 wd 5e-3 lr 0.05", 2, "balanced", 5e-3, 0.05),
             ("depth 2 wd 2e-2 lr 0.05", 2, "balanced", 2e-2, 0.05),
@@ -112,8 +112,9 @@ def pick(rows: list[dict], budgets) -> list[dict]:
         best = max(lor, key=lambda r: r["val_acc"])
         lor_ft = [r for r in rows if r["kind"] == "lorita" and r["budget"] == b and r["finetune_epochs"] > 0]
         best_ft = max(lor_ft, key=lambda r: r["val_acc"])
+        long = next((r for r in rows if r["kind"] == "svd2" and r["budget"] == b), None)
         table.append({"budget": b, "svd_truncate": trunc, "svd_finetune": base, "lorita": best,
-                      "lorita_finetune": best_ft})
+                      "lorita_finetune": best_ft, "svd_finetune_2e": long})
     return table
 
 
@@ -127,6 +128,7 @@ def write(fam: dict, rows: list[dict], meta: dict) -> None:
         return f"{100 * r['val_acc']:.2f} / {100 * r['test_acc']:.2f} (MACs {r['macs_frac']:.3f})"
 
     e = meta["epochs"]
+    has2 = all(t["svd_finetune_2e"] is not None for t in table)
     limit = meta["limit_train"]
     data = "the full training split" if limit is None else f"the first {limit:,} training images"
     lines = [f"# Pretrained path — {fam['title']}: LoRITa from a trained plain model vs SVD truncation", "",
@@ -135,11 +137,12 @@ def write(fam: dict, rows: list[dict], meta: dict) -> None:
              f"{100 * meta['source_test']:.2f}%. E = {e} epochs. Cells: val / test accuracy (%), deployable MAC "
              "fraction of the whole model. LoRITa recipe picked on validation per budget.", "",
              f"| MAC budget (targeted) | SVD truncate | SVD + {e} ep fine-tune | LoRITa {e} ep (recipe) | "
-             f"LoRITa {e} ep + {e} ep fine-tune (recipe) |", "|---|---|---|---|---|"]
+             f"LoRITa {e} ep + {e} ep fine-tune (recipe) |"
+             + (f" SVD + {2 * e} ep fine-tune |" if has2 else ""), "|---|---|---|---|---|" + ("---|" if has2 else "")]
     for t in table:
         lines.append(f"| {t['budget']} | {cell(t['svd_truncate'])} | {cell(t['svd_finetune'])} | "
                      f"{cell(t['lorita'])} ({t['lorita']['label']}) | {cell(t['lorita_finetune'])} "
-                     f"({t['lorita_finetune']['label']}) |")
+                     f"({t['lorita_finetune']['label']}) |" + (f" {cell(t['svd_finetune_2e'])} |" if has2 else ""))
     lines += ["", "All LoRITa recipes (val %; truncated → truncated + fine-tune):", "",
               "| recipe | dense val | " + " | ".join(f"budget {b}" for b in budgets) + " |",
               "|---|---|" + "---|" * len(budgets)]
@@ -157,7 +160,10 @@ def write(fam: dict, rows: list[dict], meta: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, name in (("svd_truncate", "SVD truncate"), ("svd_finetune", f"SVD + {e} ep fine-tune"),
-                      ("lorita", f"LoRITa {e} ep"), ("lorita_finetune", f"LoRITa {e} ep + {e} ep ft")):
+                      ("lorita", f"LoRITa {e} ep"), ("lorita_finetune", f"LoRITa {e} ep + {e} ep ft"),
+                      ("svd_finetune_2e", f"SVD + {2 * e} ep fine-tune")):
+        if key == "svd_finetune_2e" and not has2:
+            continue
         ax.plot([t["budget"] for t in table], [100 * t[key]["test_acc"] for t in table], "o-", label=name)
     ax.set_xlabel("MAC budget of the targeted layers")
     ax.set_ylabel("test accuracy (%)")
@@ -178,6 +184,9 @@ def run_arm(arm: str, fam: dict, src: Path, out: Path, data, run) -> list[dict]:
     dense = model_row(run, run.dense, "source")
     if arm == "svd":
         rows = points(run, "SVD", fam["budgets"], fam["epochs"], {"kind": "svd", "dense_val": dense["val_acc"]})
+    elif arm == "svd2":  # the baseline with the LoRITa + fine-tune path's 2E epochs
+        rows = points(run, "SVD 2E", fam["budgets"], 2 * fam["epochs"], {"kind": "svd2", "dense_val": dense["val_acc"]})
+        rows = [r for r in rows if r["finetune_epochs"] > 0]
     else:
         label, depth, init, wd, lr = fam["recipes"][int(arm)]
         cfg = TrainConfig(**{**fam["base"], "depth": depth, "init": init, "init_from": str(src),
@@ -202,7 +211,7 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     fam = FAMILIES[args.family]
-    every = ["svd", *map(str, range(len(fam["recipes"])))]
+    every = ["svd", *map(str, range(len(fam["recipes"])))] + (["svd2"] if fam.get("svd2") else [])
     arms = args.arms or every
     if bad := [a for a in arms if a not in every]:
         p.error(f"--arms {bad}: choose from {every}")
