@@ -83,7 +83,7 @@ def main() -> None:
     res = {"batch": args.batch, "threads": 1, "torch": torch.__version__, "max_abs_output_diff": diff,
            "dense_sdpa_speedup": round(sp["dense sdpa"], 3), "rows": rows}
     atomic_write_text(RESULTS / "vit_sdpa.json", json.dumps(res, indent=1))
-    lines = ["# ViT: explicit attention vs fused SDPA (eager, 1 thread, batch %d)" % args.batch, "",
+    lines = [f"# ViT: explicit attention vs fused SDPA (eager, 1 thread, batch {args.batch})", "",
              f"Same weights; outputs differ by at most {diff:.1e}. Dense with SDPA runs "
              f"{res['dense_sdpa_speedup']:.2f}× as fast as dense explicit. Latency ratios are dense/low-rank "
              "within each attention form; one run, ratios only (shared machine).", "",
