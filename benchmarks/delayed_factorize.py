@@ -11,6 +11,7 @@ picked on test. Compared with depth 1 and depth 2 trained from scratch for all 1
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --switch 5 &
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --switch 10 --scratch 1 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --seed 1 --switch 5 --scratch 1
     .venv/bin/python benchmarks/delayed_factorize.py --report      # table from the cached runs
 
 Writes ``benchmarks/results/delayed_factorize.{json,md,png}``.
@@ -38,25 +39,43 @@ FAM = FAMILIES["resnet20"]
 TOTAL, WD, LIMIT, BUDGETS = 15, 2e-3, 15000, [0.5, 0.3, 0.2]
 
 
-def run_switch(k: int, depth: int, data) -> dict:
+def _sfx(seed: int) -> str:
+    return "" if seed == 0 else f"_s{seed}"
+
+
+def run_switch(k: int, depth: int, data, seed: int = 0) -> dict:
     """Plain training for ``k`` epochs, then depth ``depth`` for ``TOTAL - k`` (cached)."""
-    base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD}
-    plain = OUT / f"plain_e{k}"
+    base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD, "seed": seed}
+    plain = OUT / f"plain_e{k}{_sfx(seed)}"
     if not (plain / "summary.json").is_file():
         train_run(TrainConfig(**{**base, "depth": 1, "epochs": k}), plain, progress=False, resume=True, data=data)
     cfg = TrainConfig(**{**base, "depth": depth, "epochs": TOTAL - k, "init": "balanced", "init_from": str(plain)})
-    res = run_one(cfg, OUT / f"switch{k}_d{depth}", BUDGETS, FinetuneConfig(**FAM["finetune"]), data)
-    res["switch"] = k
+    res = run_one(cfg, OUT / f"switch{k}_d{depth}{_sfx(seed)}", BUDGETS, FinetuneConfig(**FAM["finetune"]), data)
+    res.update(switch=k, seed=seed)
     return res
 
 
-def run_scratch(depth: int, data) -> dict:
+def run_scratch(depth: int, data, seed: int = 0) -> dict:
     """Depth ``depth`` from scratch for all ``TOTAL`` epochs, same recipe (cached)."""
-    base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD}
+    base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD, "seed": seed}
     cfg = TrainConfig(**{**base, "depth": depth, "epochs": TOTAL})
-    res = run_one(cfg, OUT / f"scratch_d{depth}", BUDGETS, FinetuneConfig(**FAM["finetune"]), data)
-    res["switch"] = None
+    res = run_one(cfg, OUT / f"scratch_d{depth}{_sfx(seed)}", BUDGETS, FinetuneConfig(**FAM["finetune"]), data)
+    res.update(switch=None, seed=seed)
     return res
+
+
+def _recipe(r: dict) -> str:
+    if r["switch"] is None:
+        return f"depth {r['depth']} from scratch, {TOTAL} ep"
+    return f"depth 1 {r['switch']} ep → depth {r['depth']} {TOTAL - r['switch']} ep"
+
+
+def _mean_sd(xs: list[float]) -> str:
+    m = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return f"{m:.2f}"
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return f"{m:.2f} ± {sd:.2f}"
 
 
 def _pt(p: dict) -> str:
@@ -66,16 +85,26 @@ def _pt(p: dict) -> str:
 def report(runs: list[dict]) -> None:
     fronts = json.loads((RESULTS / "fronts_resnet20.json").read_text())
     ref = [r for r in fronts["runs"] if r["weight_decay"] == WD and r["depth"] in (1, 2)]
-    rows = [(f"depth {r['depth']} from scratch, {TOTAL} ep", r) for r in runs if r["switch"] is None]
-    rows += [(f"depth 1 {r['switch']} ep → depth {r['depth']} {TOTAL - r['switch']} ep", r)
-             for r in runs if r["switch"] is not None]
+    runs = sorted(runs, key=lambda r: (r["switch"] is not None, r["switch"] or 0, r["depth"], r["seed"]))
+    rows = [(f"{_recipe(r)}, seed {r['seed']}", r) for r in runs]
     rows += [(f"depth {r['depth']} from scratch, {TOTAL} ep (fronts_resnet20.json, another machine)", r) for r in ref]
     lines = ["# Factorize late: plain training first, then LoRITa, same 15-epoch budget (CIFAR-10 ResNet-20)", "",
              f"First {LIMIT:,} training images, SGD lr 0.05 momentum 0.9 cosine (each phase its own cosine with a "
              f"1-epoch warm-up), wd {WD:g}, augmentation, label smoothing 0.1, seed 0; then `MacBudget` one-shot "
              "truncation and the same 1-epoch Adam 1e-4 fine-tune (the fronts' protocol). The same recipe on "
              "another machine (`fronts_resnet20.json`, last rows) gives a different trajectory (float rounding): "
-             "compare rows of one machine. Cells: val % / test %.", "",
+             "compare rows of one machine. Seeds change the init and the shuffling, not the data split.", "",
+             "## Mean ± sd over seeds (validation %, fine-tuned points)", "",
+             "| recipe | seeds | dense | " + " | ".join(f"{b:.0%}" for b in BUDGETS) + " |",
+             "|---|---|---|" + "---|" * len(BUDGETS)]
+    recipes: dict[str, list[dict]] = {}
+    for r in runs:
+        recipes.setdefault(_recipe(r), []).append(r)
+    for name, rs in recipes.items():
+        cells = [_mean_sd([100 * r["points"][f"{b:g}"]["finetuned"]["val_acc"] for r in rs]) for b in BUDGETS]
+        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | "
+                     f"{_mean_sd([100 * r['dense']['val_acc'] for r in rs])} | " + " | ".join(cells) + " |")
+    lines += ["", "## Every run (val % / test %)", "",
              "| run | dense | " + " | ".join(f"{b:.0%} one-shot → fine-tuned" for b in BUDGETS) + " |",
              "|---|---|" + "---|" * len(BUDGETS)]
     for name, r in rows:
@@ -90,14 +119,15 @@ def report(runs: list[dict]) -> None:
                                   "reference": "benchmarks/results/fronts_resnet20.json"}, indent=1))
 
     def draw(ax) -> None:
-        for i, (name, r) in enumerate(rows):
-            pts = sorted((r["points"][f"{b:g}"]["finetuned"]["macs_frac"],
-                          100 * r["points"][f"{b:g}"]["finetuned"]["test_acc"]) for b in BUDGETS)
+        for i, (name, rs) in enumerate(recipes.items()):
+            pts = sorted((sum(r["points"][f"{b:g}"]["finetuned"]["macs_frac"] for r in rs) / len(rs),
+                          sum(100 * r["points"][f"{b:g}"]["finetuned"]["test_acc"] for r in rs) / len(rs))
+                         for b in BUDGETS)
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, "-o", color=f"C{i}", label=name + ", fine-tuned")
-            ax.axhline(100 * r["dense"]["test_acc"], color=f"C{i}", lw=0.8, ls="--")
+            ax.plot(xs, ys, "-o", color=f"C{i}", label=f"{name}, fine-tuned (mean of {len(rs)} seeds)")
+            ax.axhline(sum(100 * r["dense"]["test_acc"] for r in rs) / len(rs), color=f"C{i}", lw=0.8, ls="--")
 
-    front_figure(draw, "ResNet-20, 15 epochs: factorize late vs from scratch", "test accuracy %",
+    front_figure(draw, "ResNet-20, 15 epochs: factorize late vs from scratch", "test accuracy % (mean over seeds)",
                  RESULTS / "delayed_factorize.png")
 
 
@@ -106,7 +136,9 @@ def main() -> None:
     p.add_argument("--switch", type=int, nargs="*", default=[], help="plain epochs K before factorizing")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--scratch", type=int, nargs="*", default=[], help="depths trained from scratch for comparison")
-    p.add_argument("--report", action="store_true", help="write the table from every cached run")
+    p.add_argument("--seed", type=int, default=0, help="init and shuffling seed (folders of seed S > 0 end in _sS)")
+    p.add_argument("--report", action="store_true",
+                   help="write the table from the committed JSON plus every run cached under " + str(OUT))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -114,17 +146,32 @@ def main() -> None:
         p.error(f"--switch {bad}: must be in 1..{TOTAL - 1}")
     data = load_data(TrainConfig(**{**FAM["cfg"], "limit_train": LIMIT}))
     for k in args.switch:
-        run_switch(k, args.depth, data)
+        run_switch(k, args.depth, data, args.seed)
     for d in args.scratch:
-        run_scratch(d, data)
+        run_scratch(d, data, args.seed)
     if args.report:
-        runs = [run_scratch(int(d.name[len("scratch_d"):]), data) for d in sorted(OUT.glob("scratch_d*"))
-                if (d / "front.json").is_file()]
-        for d in sorted(OUT.glob("switch*_d*")):
-            if (d / "front.json").is_file() and (d / "summary.json").is_file():
-                k, depth = (int(x) for x in d.name[len("switch"):].split("_d"))
-                runs.append(run_switch(k, depth, data))
-        report(runs)
+        report(_collect(data))
+
+
+def _collect(data) -> list[dict]:
+    """Committed runs (seed 0 when unrecorded), replaced or extended by every finished run under ``OUT``."""
+    old = RESULTS / "delayed_factorize.json"
+    runs = {}
+    for r in json.loads(old.read_text())["runs"] if old.is_file() else []:
+        r.setdefault("seed", 0)
+        runs[(r["switch"], r["depth"], r["seed"])] = r
+    for d in sorted(OUT.glob("*_d*")):
+        if not ((d / "front.json").is_file() and (d / "summary.json").is_file()):
+            continue
+        head, _, seed = d.name.partition("_s")
+        kind, depth = head.split("_d")
+        seed, depth = int(seed or 0), int(depth)
+        if kind == "scratch":
+            runs[(None, depth, seed)] = run_scratch(depth, data, seed)
+        elif kind.startswith("switch"):
+            k = int(kind[len("switch"):])
+            runs[(k, depth, seed)] = run_switch(k, depth, data, seed)
+    return list(runs.values())
 
 
 if __name__ == "__main__":
