@@ -95,6 +95,28 @@ def test_vit_qkv_options():
     torch.testing.assert_close(s(x), j(x), rtol=1e-5, atol=1e-6)
 
 
+def test_vit_fused_attn_same_function_and_macs():
+    small = {"dim": 32, "num_layers": 2, "heads": 4, "dim_head": 8, "mlp_dim": 64}
+    torch.manual_seed(0)
+    explicit = ViT(**small).eval()
+    fused = ViT(fused_attn=True, **small).eval()
+    fused.load_state_dict(explicit.state_dict(), strict=True)  # same parameters, same names
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(fused(x), explicit(x), rtol=1e-5, atol=1e-6)
+    # SDPA's MACs are counted like the explicit matmuls: per block 2·heads·T²·dim_head, T = 64 tokens.
+    e, f = count_macs(explicit, x[:1]), count_macs(fused, x[:1])
+    assert f.total_macs == e.total_macs
+    linear = sum(r.macs for r in e.rows if r.kind == "Linear")
+    assert e.total_macs - linear == 2 * 2 * 4 * 64 * 64 * 8
+    # Factorize / merge round trip keeps the flag and the function.
+    fac = factorize(fused, depth=2)
+    merged = merge(fac)
+    assert all(b.attn.fused_attn for b in merged.blocks)
+    torch.testing.assert_close(merged(x), fac(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="fused_attn"):
+        ViT(fused_attn="yes", **small)
+
+
 def test_option_a_shortcut_zero_pads():
     blk = BasicBlock(4, 8, stride=2, shortcut="A")
     x = torch.randn(2, 4, 6, 6)

@@ -17,6 +17,11 @@ Attention projections, chosen by ``qkv``:
 * ``"separate"``: ``to_q``, ``to_k``, ``to_v``, each ``Linear(dim, inner, bias=False)``,
   factorized (and truncated) one by one, as in Q3R's ``LoRITaQKV``.
 
+Attention itself: explicit ``softmax(q kᵀ/√d) v`` by default (plain matmuls that every exporter
+and counter sees), or ``fused_attn=True`` (timm's flag): ``F.scaled_dot_product_attention``, the
+same math in one fused kernel (outputs equal to float rounding, ~2e-7; 1.29× faster dense at
+batch 64 on one CPU thread, ``benchmarks/results/vit_sdpa.md``). lorita's MAC counter counts both.
+
 Then ``to_out = Linear(inner, dim, bias=False)``; MLP ``fc1 = Linear(dim, mlp_dim)``,
 ``fc2 = Linear(mlp_dim, dim)``.
 
@@ -82,11 +87,12 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Pre-norm multi-head self-attention; ``qkv``: ``"joint"`` or ``"separate"`` projections."""
+    """Pre-norm multi-head self-attention; ``qkv``: ``"joint"`` or ``"separate"`` projections;
+    ``fused_attn``: SDPA instead of the explicit softmax(q kᵀ/√d) v (same math)."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, qkv: str) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, qkv: str, fused_attn: bool = False) -> None:
         super().__init__()
-        self.heads, self.dim_head, self.qkv = heads, dim_head, qkv
+        self.heads, self.dim_head, self.qkv, self.fused_attn = heads, dim_head, qkv, fused_attn
         inner = heads * dim_head
         self.norm = nn.LayerNorm(dim)
         if qkv == "joint":
@@ -105,9 +111,11 @@ class Attention(nn.Module):
         else:
             q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
         q, k, v = (z.reshape(b, t, self.heads, self.dim_head).transpose(1, 2) for z in (q, k, v))
-        # Explicit softmax(q kᵀ/√d) v (not SDPA) so FlopCounterMode counts its MACs on every device.
-        attn = (q @ k.transpose(-2, -1)) * self.dim_head**-0.5
-        out = attn.softmax(dim=-1) @ v
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v)  # scale 1/√dim_head, as below
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.dim_head**-0.5
+            out = attn.softmax(dim=-1) @ v
         return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -127,9 +135,10 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """``x + attn(x)``, then ``x + mlp(x)``."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, qkv: str) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, qkv: str,
+                 fused_attn: bool = False) -> None:
         super().__init__()
-        self.attn = Attention(dim, heads, dim_head, qkv)
+        self.attn = Attention(dim, heads, dim_head, qkv, fused_attn)
         self.mlp = FeedForward(dim, mlp_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -149,6 +158,8 @@ class ViT(nn.Module):
         mlp_dim: MLP hidden width.
         qkv: ``"joint"`` (one Q,K,V projection, the paper's) or ``"separate"``.
         in_channels: image channels.
+        fused_attn: run attention through ``F.scaled_dot_product_attention`` (timm's flag; same
+            math and state_dict, faster) instead of explicit matmuls + softmax (the default).
 
     Input ``(B, in_channels, image_size, image_size)``; output logits ``(B, num_classes)``.
 
@@ -168,6 +179,7 @@ class ViT(nn.Module):
         mlp_dim: int = 512,
         qkv: str = "joint",
         in_channels: int = 3,
+        fused_attn: bool = False,
     ) -> None:
         super().__init__()
         for name, v in (("num_classes", num_classes), ("image_size", image_size), ("patch", patch),
@@ -179,10 +191,12 @@ class ViT(nn.Module):
             raise ValueError(f"`image_size` {image_size} is not divisible by `patch` {patch}")
         if qkv not in ("joint", "separate"):
             raise ValueError(f"`qkv` must be 'joint' or 'separate', got {qkv!r}")
+        if not isinstance(fused_attn, bool):
+            raise ValueError(f"`fused_attn` must be True or False, got {fused_attn!r}")
         side = image_size // patch
         self.patch_embed = PatchEmbed(patch, in_channels, dim)
         self.register_buffer("pos_embedding", sincos_2d(side, side, dim), persistent=False)
-        self.blocks = nn.ModuleList(Block(dim, heads, dim_head, mlp_dim, qkv) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, dim_head, mlp_dim, qkv, fused_attn) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         self.num_tokens = side * side
