@@ -45,7 +45,7 @@ _FLAGS = {
     "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch",
     "split_batch": "--latency-batch",
     "init": "--init", "init_scale": "--init-scale", "factor_side": "--factor-side",
-    "clip_grad_norm": "--clip-grad-norm", "init_from": "--init-from",
+    "clip_grad_norm": "--clip-grad-norm", "init_from": "--init-from", "factorize_at": "--factorize-at",
 }
 
 
@@ -166,6 +166,9 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--init-from", default=None,
                        help="start from these dense weights: a run folder or a .safetensors file (the pretrained "
                             "path; with --init balanced or preserve the product equals them at step 0)")
+        g.add_argument("--factorize-at", type=int, default=d.factorize_at, metavar="K",
+                       help="factorize late: K plain (depth 1) epochs first (kept in OUT/plain), then the "
+                            "remaining epochs at --depth from that model (exact at the switch); 0 = from the start")
         g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm,
                        help="gradient-norm bound for factorized models (depth > 1); 0 = off")
     g = p.add_argument_group("optimization")

@@ -35,6 +35,7 @@ def config_from(args: Args, **over: Any):
         exclude_modules=getattr(args, "exclude_modules", None), init=getattr(args, "init", d.init),
         init_scale=getattr(args, "init_scale", d.init_scale), factor_side=getattr(args, "factor_side", d.factor_side),
         clip_grad_norm=getattr(args, "clip_grad_norm", d.clip_grad_norm), init_from=getattr(args, "init_from", None),
+        factorize_at=getattr(args, "factorize_at", d.factorize_at),
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         decay=args.decay, epochs=args.epochs, batch_size=args.batch_size, scheduler=args.scheduler,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, augment=args.augment,

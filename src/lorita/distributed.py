@@ -161,6 +161,12 @@ def check_replicas_equal(model: nn.Module, ctx: DistContext) -> float:
     return worst
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op for one process), e.g. until rank 0 has written a file all read."""
+    if ctx.distributed:
+        dist.barrier()
+
+
 def all_reduce_mean(metrics: dict[str, float], ctx: DistContext, weight_key: str = "n") -> dict[str, float]:
     """Average per-rank metrics weighted by ``metrics[weight_key]`` (summed) over all ranks."""
     if not ctx.distributed:

@@ -19,7 +19,8 @@ __all__ = ["TrainConfig", "LEGACY_DEFAULTS"]
 
 #: Values of keys added after the first config.json format, for files written without them: the
 #: behaviour those runs had, so an old run resumes (and rebuilds) exactly as it trained.
-LEGACY_DEFAULTS: dict[str, Any] = {"init_scale": 1.0, "factor_side": "input", "clip_grad_norm": 0.0, "init_from": None}
+LEGACY_DEFAULTS: dict[str, Any] = {"init_scale": 1.0, "factor_side": "input", "clip_grad_norm": 0.0, "init_from": None,
+                                   "factorize_at": 0}
 
 
 @dataclass
@@ -42,6 +43,11 @@ class TrainConfig:
             :data:`LEGACY_DEFAULTS` (the behaviour before they existed).
         init_from: start from these dense weights (a run folder or a safetensors file), spread
             over the factors by ``init`` (the pretrained path); None = a fresh model.
+        factorize_at: "factorize late": train the plain model (depth 1) for the first
+            ``factorize_at`` epochs (into ``<out>/plain``), then spread it over the ``depth``
+            factors with ``init`` (exact at the switch) and train the remaining
+            ``epochs − factorize_at`` epochs under LoRITa (their own schedule and warm-up).
+            0 = factorized from the start (the paper).
         optimizer: ``sgd`` | ``adamw`` | ``adam``. lr, momentum: as usual.
         weight_decay: L2 coefficient λ; decay: ``"all"`` (paper) | ``"weights"`` | ``"factors"``.
         epochs, batch_size: as usual. scheduler: ``cosine`` | ``constant`` | ``step``;
@@ -66,6 +72,7 @@ class TrainConfig:
     factor_side: str = "auto"
     clip_grad_norm: float = 2.0
     init_from: str | None = None
+    factorize_at: int = 0
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -110,6 +117,15 @@ class TrainConfig:
             bad("factor_side", "must be one of " + ", ".join(repr(s) for s in FACTOR_SIDES))
         if not isinstance(self.clip_grad_norm, (int, float)) or not self.clip_grad_norm >= 0:
             bad("clip_grad_norm", "must be >= 0 (0 = off)")
+        k = self.factorize_at
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.epochs:
+            bad("factorize_at", f"must be an int in 0..{self.epochs - 1} (epochs of plain training before "
+                                "factorizing; 0 = from the start)")
+        if k and self.depth == 1:
+            bad("factorize_at", "needs `depth` > 1 (depth 1 is plain training throughout)")
+        if k and self.init == "default":
+            bad("factorize_at", "needs `init` 'balanced' or 'preserve' ('default' would discard the plain "
+                                "epochs' weights)")
         if not 0.0 <= self.label_smoothing < 1.0:
             bad("label_smoothing", "must be in [0, 1)")
         if self.val_size < 0:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -36,7 +37,10 @@ from lorita.runs.folder import (
 )
 from lorita.surgery import factorize
 
-__all__ = ["seed_everything", "build_training_model", "train_run"]
+__all__ = ["seed_everything", "build_training_model", "train_run", "PLAIN_DIR"]
+
+#: Sub-folder holding the plain (depth 1) phase of a ``factorize_at`` run: a complete training folder.
+PLAIN_DIR = "plain"
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +113,37 @@ def train_run(
             run and neither ``resume`` nor ``overwrite`` is set; data errors from the loaders.
     """
     _check_out_dir(Path(out_dir), resume, overwrite)
+    if cfg.factorize_at:
+        _check_out_dir(Path(out_dir) / PLAIN_DIR, resume, overwrite)
     ctx = distributed.setup(cfg.device)
     try:
-        return _train_run(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx, data)
+        if not cfg.factorize_at:
+            return _train_run(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx, data)
+        return _train_late(cfg, Path(out_dir), progress and ctx.is_main, resume, ctx, data)
     finally:
         distributed.teardown(ctx)
+
+
+def _train_late(
+    cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext,
+    data: DataSplits | None,
+) -> dict[str, Any]:
+    """``cfg.factorize_at`` epochs plain into ``out/plain``, then the rest at ``cfg.depth`` into ``out``."""
+    k = cfg.factorize_at
+    if resume and _check_resumable(cfg, out):
+        logger.info("%s is already finished; nothing to resume", out)
+        return json.loads((out / RunFolder.SUMMARY).read_text())
+    data = data if data is not None else load_data(cfg)
+    plain = dataclasses.replace(cfg, depth=1, epochs=k, factorize_at=0)
+    first = _train_run(plain, out / PLAIN_DIR, progress, resume, ctx, data)
+    distributed.barrier(ctx)  # rank 0 has written the plain model that every rank reads next
+    late = dataclasses.replace(cfg, epochs=cfg.epochs - k, factorize_at=0, init_from=str(out / PLAIN_DIR))
+    summary = _train_run(late, out, progress, resume, ctx, data, record=cfg, epoch_offset=k)
+    if ctx.is_main and "wall_seconds" in first:
+        summary = {**summary, "wall_seconds": summary["wall_seconds"] + first["wall_seconds"],
+                   "plain_wall_seconds": first["wall_seconds"], "plain_val_acc": first["val_acc"]}
+        write_json(out / RunFolder.SUMMARY, summary)
+    return summary
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -132,9 +162,13 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def _train_run(
     cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext,
-    data: DataSplits | None,
+    data: DataSplits | None, record: TrainConfig | None = None, epoch_offset: int = 0,
 ) -> dict[str, Any]:
-    if resume and _check_resumable(cfg, out):
+    """Train ``cfg`` into ``out``; ``record`` (default ``cfg``) is the config written to and checked
+    against ``config.json``, and ``epoch_offset`` numbers the epochs (both for the late phase of
+    ``factorize_at``, whose folder records the user's config)."""
+    record = record if record is not None else cfg
+    if resume and _check_resumable(record, out):
         logger.info("%s is already finished; nothing to resume", out)
         return json.loads((out / RunFolder.SUMMARY).read_text())
     check_device(cfg.device)
@@ -164,13 +198,14 @@ def _train_run(
         logger.info("resuming %s at epoch %d", out, start_epoch)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)  # only once data and model are known to be good
-        write_json(out / RunFolder.CONFIG, cfg.to_dict())
+        write_json(out / RunFolder.CONFIG, record.to_dict())
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train.set_epoch(epoch)
         tr = train_one_epoch(
             net, train, opt, ctx.device, loss_fn, sched, progress=progress,
-            desc=f"epoch {epoch + 1}/{cfg.epochs} (depth {cfg.depth})", amp_dtype=amp_dtype,
+            desc=f"epoch {epoch_offset + epoch + 1}/{epoch_offset + cfg.epochs} (depth {cfg.depth})",
+            amp_dtype=amp_dtype,
             clip_grad_norm=cfg.clip_grad_norm if cfg.depth > 1 else 0.0,  # the guard is for factor chains
         )
         tr = distributed.all_reduce_mean(tr, ctx)
@@ -178,13 +213,14 @@ def _train_run(
         dt = time.perf_counter() - t0
         elapsed += dt
         row = {
-            "epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
+            "epoch": epoch_offset + epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
             "val_acc": va["acc"], "lr": opt.param_groups[0]["lr"], "seconds": dt,
         }
         if "clipped" in tr:
             row["clipped_frac"] = tr["clipped"]
         history.append(row)
-        logger.info("epoch %d: train loss %.4f acc %.4f, val acc %.4f", epoch + 1, tr["loss"], tr["acc"], va["acc"])
+        logger.info("epoch %d: train loss %.4f acc %.4f, val acc %.4f", epoch_offset + epoch + 1,
+                    tr["loss"], tr["acc"], va["acc"])
         if not ctx.is_main:
             continue
         io.atomic_write_text(out / RunFolder.METRICS, "".join(json.dumps(h) + "\n" for h in history))
@@ -197,12 +233,12 @@ def _train_run(
     model_cpu = model.to("cpu")
     if not ctx.is_main:
         return {"rank": ctx.rank, "world_size": ctx.world_size}
-    io.save(model_cpu, out / RunFolder.MODEL, metadata={"config": cfg.to_dict(), "build": build_info(cfg, data)})
+    io.save(model_cpu, out / RunFolder.MODEL, metadata={"config": record.to_dict(), "build": build_info(cfg, data)})
     final_val = history[-1]["val_acc"] if history else evaluate(model_cpu, val)["acc"]
     summary = {
         "depth": cfg.depth,
         "weight_decay": cfg.weight_decay,
-        "epochs": cfg.epochs,
+        "epochs": record.epochs,
         "val_acc": final_val,
         "train_params": count_params(model_cpu).total_params,
         "wall_seconds": elapsed,
