@@ -4,7 +4,8 @@ torchrun launcher): ``python tests/ddp_worker.py OUT DATA``.
 1. A factorized conv net trains 4 steps under DDP (gloo, CPU) on disjoint shards; each rank writes
    its weights; rank 0 merges and saves (also saving the DDP wrapper itself).
 2. ``lorita train`` runs in the same processes (the CLI's DDP path: sharded loader, rank-0 writes,
-   replica check), as ``lorita train --nproc 2`` would start it.
+   replica check), as ``lorita train --nproc 2`` would start it; then once more with
+   ``--factorize-at 1`` (both phases in one process group).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main(out: Path, data: Path) -> None:
     dist.barrier()
     rc = cli_main(train_args(data, out / "cli_run"))  # joins the running group, leaves it running
     assert rc == 0
+    # Factorize late under DDP: both phases in the same group (rank 0 writes plain/ before all read it).
+    assert cli_main(train_args(data, out / "cli_late", "--epochs", "2", "--factorize-at", "1")) == 0
     distributed.teardown(ctx)
 
 

@@ -57,6 +57,11 @@ def test_two_process_ddp_identical_weights_bare_keys_and_cli_run(tmp_path, fake_
     assert not any(k.startswith("module.") for k in _keys(run / "model.safetensors"))
     assert isinstance(lorita.load(FCN(hidden=[16]), run / "model.safetensors").layers[0], lorita.FactorizedLinear)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    late = tmp_path / "cli_late"
+    for folder in (late, late / "plain"):
+        assert json.loads((folder / "summary.json").read_text())["world_size"] == 2
+    assert [json.loads(line)["epoch"] for line in (late / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert isinstance(lorita.load(FCN(hidden=[16]), late / "model.safetensors").layers[0], lorita.FactorizedLinear)
 
 
 def test_train_nproc_relaunches_the_same_command_through_the_launcher(monkeypatch, tmp_path):
