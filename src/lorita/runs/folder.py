@@ -9,6 +9,9 @@ Layout of a training folder written by ``lorita train``::
                         (metadata: ``config`` and ``build``, the model spec; older runs lack ``build``)
     resume.pt           last epoch's model/optimizer/scheduler state (for resuming)
     summary.json        final val accuracy, params, wall time
+    plain/              only with ``factorize_at = K``: the K plain epochs, itself a training
+                        folder (depth 1); the folder above holds the late phase (epochs K+1..)
+                        and records the user's config
 
 A compressed folder (``lorita compress``, default ``RUN/compressed`` or ``RUN/searched``) holds
 ``merged.safetensors``, ``low_rank.safetensors`` (both recording ``build``), ``ranks.json``,
