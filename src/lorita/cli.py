@@ -168,7 +168,8 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
                             "path; with --init balanced or preserve the product equals them at step 0)")
         g.add_argument("--factorize-at", type=int, default=d.factorize_at, metavar="K",
                        help="factorize late: K plain (depth 1) epochs first (kept in OUT/plain), then the "
-                            "remaining epochs at --depth from that model (exact at the switch); 0 = from the start")
+                            "remaining epochs at --depth from that model (exact at the switch), one lr schedule over "
+                            "--epochs; 0 = from the start")
         g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm,
                        help="gradient-norm bound for factorized models (depth > 1); 0 = off")
     g = p.add_argument_group("optimization")

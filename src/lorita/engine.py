@@ -49,10 +49,12 @@ def make_optimizer(
 
 
 def make_scheduler(
-    name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+    name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, start_step: int = 0
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step LR schedule: ``cosine`` (to 0, with linear warm-up), ``constant`` (warm-up then
-    flat) or ``step`` (×0.1 at 50% and 75% of the steps).
+    flat) or ``step`` (×0.1 at 50% and 75% of the steps). ``start_step``: join the schedule
+    there (its first step is step ``start_step`` of ``total_steps``), as a run that changes its
+    model mid-schedule does (``TrainConfig.factorize_at``).
 
     Raises:
         ValueError: unknown name.
@@ -62,6 +64,7 @@ def make_scheduler(
     total_steps = max(1, total_steps)
 
     def factor(step: int) -> float:
+        step += start_step
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
         if name == "constant":

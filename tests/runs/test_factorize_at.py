@@ -1,12 +1,14 @@
 """`factorize_at` ("factorize late"): K plain epochs, then the rest at depth N from that model."""
 
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lorita.cli import main
+from lorita.engine import make_scheduler
 from lorita.runs.config import TrainConfig
 from lorita.runs.folder import load_run
 from lorita.runs.train import PLAIN_DIR, train_run
@@ -19,25 +21,47 @@ def _epochs(path):
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
 
 
-def test_equals_the_two_runs_it_composes(tmp_path):
-    late = TrainConfig(**SMALL, depth=2, epochs=3, factorize_at=1)
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_schedule_start_step_joins_the_schedule():
+    def lrs(start, n):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        sched = make_scheduler("cosine", opt, 20, warmup_steps=4, start_step=start)
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs(7, 13) == pytest.approx(lrs(0, 20)[7:], rel=1e-12)
+    # warm-up steps 2, 3 of 4 (3/4, 4/4), then cosine steps 0, 1 of 16
+    assert lrs(2, 4) == pytest.approx([0.075, 0.1, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 16))], rel=1e-12)
+
+
+def test_plain_phase_is_the_start_of_a_plain_run_on_one_schedule(tmp_path):
+    late = TrainConfig(**SMALL, depth=2, epochs=3, factorize_at=1, warmup_epochs=1)
     s = train_run(late, tmp_path / "late", progress=False)
-    # The same two phases by hand: 1 plain epoch, then depth 2 for 2 epochs from that run.
-    train_run(TrainConfig(**SMALL, depth=1, epochs=1), tmp_path / "p", progress=False)
-    train_run(TrainConfig(**SMALL, depth=2, epochs=2, init_from=str(tmp_path / "p")), tmp_path / "f", progress=False)
-    a, b = load_file(tmp_path / "late" / "model.safetensors"), load_file(tmp_path / "f" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise: same ops, same seeds
-    pa = load_file(tmp_path / "late" / PLAIN_DIR / "model.safetensors")
-    assert all(torch.equal(pa[k], v) for k, v in load_file(tmp_path / "p" / "model.safetensors").items())
+    plain = _rows(tmp_path / "late" / PLAIN_DIR / "metrics.jsonl")
+    train_run(TrainConfig(**SMALL, depth=1, epochs=3, warmup_epochs=1), tmp_path / "d1", progress=False)
+    full = _rows(tmp_path / "d1" / "metrics.jsonl")
+    # Epoch 1 of the late run is epoch 1 of a plain 3-epoch run, bit for bit (same seed, data, schedule).
+    assert [{k: r[k] for k in ("train_loss", "val_acc", "lr")} for r in plain] == \
+        [{k: r[k] for k in ("train_loss", "val_acc", "lr")} for r in full[:1]]
+    # The late phase continues that schedule (no second warm-up) and ends at lr 0.
+    rows = _rows(tmp_path / "late" / "metrics.jsonl")
+    assert [r["lr"] for r in rows] == pytest.approx([r["lr"] for r in full[1:]], rel=1e-9)
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     # The folder records the user's config, numbers the epochs of the whole run and loads as usual.
     assert TrainConfig.load(tmp_path / "late" / "config.json") == late
-    assert _epochs(tmp_path / "late" / "metrics.jsonl") == [2, 3]
+    assert [r["epoch"] for r in rows] == [2, 3]
     assert _epochs(tmp_path / "late" / PLAIN_DIR / "metrics.jsonl") == [1]
     assert s["epochs"] == 3 and s["depth"] == 2
     plain_s = json.loads((tmp_path / "late" / PLAIN_DIR / "summary.json").read_text())
     assert s["plain_val_acc"] == plain_s["val_acc"]
-    rows = (tmp_path / "late" / "metrics.jsonl").read_text().splitlines()
-    late_seconds = sum(json.loads(line)["seconds"] for line in rows)
+    late_seconds = sum(r["seconds"] for r in rows)
     assert s["wall_seconds"] == pytest.approx(plain_s["wall_seconds"] + late_seconds)
     assert s["plain_wall_seconds"] == pytest.approx(plain_s["wall_seconds"])
     run = load_run(tmp_path / "late")
@@ -52,10 +76,15 @@ def test_resume_after_the_plain_phase(tmp_path):
     late = TrainConfig(**SMALL, depth=2, epochs=2, factorize_at=1)
     train_run(late, tmp_path / "ref", progress=False)
     # Cut off after phase 1: only the plain sub-folder exists; a new run without resume refuses it.
-    train_run(TrainConfig(**SMALL, depth=1, epochs=1), tmp_path / "cut" / PLAIN_DIR, progress=False)
+    train_run(late, tmp_path / "cut", progress=False)
+    for f in (tmp_path / "cut").iterdir():
+        if f.is_file():
+            f.unlink()
+    before = (tmp_path / "cut" / PLAIN_DIR / "summary.json").read_text()
     with pytest.raises(ValueError, match="resume"):
         train_run(late, tmp_path / "cut", progress=False)
     train_run(late, tmp_path / "cut", progress=False, resume=True)
+    assert (tmp_path / "cut" / PLAIN_DIR / "summary.json").read_text() == before  # not trained again
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -46,7 +46,8 @@ class TrainConfig:
         factorize_at: "factorize late": train the plain model (depth 1) for the first
             ``factorize_at`` epochs (into ``<out>/plain``), then spread it over the ``depth``
             factors with ``init`` (exact at the switch) and train the remaining
-            ``epochs − factorize_at`` epochs under LoRITa (their own schedule and warm-up).
+            ``epochs − factorize_at`` epochs under LoRITa; one learning-rate schedule spans all
+            ``epochs`` (the model changes mid-schedule).
             0 = factorized from the start (the paper).
         optimizer: ``sgd`` | ``adamw`` | ``adam``. lr, momentum: as usual.
         weight_decay: L2 coefficient λ; decay: ``"all"`` (paper) | ``"weights"`` | ``"factors"``.

@@ -128,17 +128,21 @@ def _train_late(
     cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext,
     data: DataSplits | None,
 ) -> dict[str, Any]:
-    """``cfg.factorize_at`` epochs plain into ``out/plain``, then the rest at ``cfg.depth`` into ``out``."""
+    """``cfg.factorize_at`` epochs plain into ``out/plain``, then the rest at ``cfg.depth`` into
+    ``out``: one learning-rate schedule over ``cfg.epochs`` (the late phase starts where the plain
+    one stopped, without a second warm-up; its optimizer state starts fresh, the parameters being
+    new)."""
     k = cfg.factorize_at
     if resume and _check_resumable(cfg, out):
         logger.info("%s is already finished; nothing to resume", out)
         return json.loads((out / RunFolder.SUMMARY).read_text())
     data = data if data is not None else load_data(cfg)
     plain = dataclasses.replace(cfg, depth=1, epochs=k, factorize_at=0)
-    first = _train_run(plain, out / PLAIN_DIR, progress, resume, ctx, data)
+    first = _train_run(plain, out / PLAIN_DIR, progress, resume, ctx, data, schedule_epochs=cfg.epochs)
     distributed.barrier(ctx)  # rank 0 has written the plain model that every rank reads next
     late = dataclasses.replace(cfg, epochs=cfg.epochs - k, factorize_at=0, init_from=str(out / PLAIN_DIR))
-    summary = _train_run(late, out, progress, resume, ctx, data, record=cfg, epoch_offset=k)
+    summary = _train_run(late, out, progress, resume, ctx, data, record=cfg, epoch_offset=k,
+                         schedule_epochs=cfg.epochs)
     if ctx.is_main and "wall_seconds" in first:
         summary = {**summary, "wall_seconds": summary["wall_seconds"] + first["wall_seconds"],
                    "plain_wall_seconds": first["wall_seconds"], "plain_val_acc": first["val_acc"]}
@@ -163,10 +167,12 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 def _train_run(
     cfg: TrainConfig, out: Path, progress: bool, resume: bool, ctx: distributed.DistContext,
     data: DataSplits | None, record: TrainConfig | None = None, epoch_offset: int = 0,
+    schedule_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``out``; ``record`` (default ``cfg``) is the config written to and checked
-    against ``config.json``, and ``epoch_offset`` numbers the epochs (both for the late phase of
-    ``factorize_at``, whose folder records the user's config)."""
+    """Train ``cfg`` into ``out``. For the phases of ``factorize_at``: ``record`` (default ``cfg``)
+    is the config written to and checked against ``config.json``; the learning-rate schedule spans
+    ``schedule_epochs`` (default ``cfg.epochs``) and this phase joins it at epoch ``epoch_offset``,
+    which also numbers the epochs."""
     record = record if record is not None else cfg
     if resume and _check_resumable(record, out):
         logger.info("%s is already finished; nothing to resume", out)
@@ -181,8 +187,9 @@ def _train_run(
     _check_accepts(model, cfg, data)
     net = distributed.wrap(model, ctx)  # the model itself unless launched by torchrun
     opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, cfg.decay), cfg.lr, cfg.momentum)
-    steps = cfg.epochs * len(train)
-    sched = make_scheduler(cfg.scheduler, opt, steps, int(cfg.warmup_epochs * len(train)))
+    steps = (schedule_epochs or cfg.epochs) * len(train)
+    sched = make_scheduler(cfg.scheduler, opt, steps, int(cfg.warmup_epochs * len(train)),
+                           start_step=epoch_offset * len(train))
     amp_dtype = torch.bfloat16 if cfg.amp and cfg.device.startswith("cuda") else None
     loss_fn = _loss_fn(cfg)
     start_epoch, history = 0, []
