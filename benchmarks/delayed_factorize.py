@@ -12,6 +12,7 @@ picked on test. Compared with depth 1 and depth 2 trained from scratch for all 1
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --switch 5 &
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --switch 10 --scratch 1 2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --seed 1 --switch 5 --scratch 1
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/delayed_factorize.py --late 5     # lorita train --factorize-at 5
     .venv/bin/python benchmarks/delayed_factorize.py --report      # table from the cached runs
 
 Writes ``benchmarks/results/delayed_factorize.{json,md,png}``.
@@ -55,6 +56,16 @@ def run_switch(k: int, depth: int, data, seed: int = 0) -> dict:
     return res
 
 
+def run_late(k: int, depth: int, data, seed: int = 0) -> dict:
+    """``lorita train --epochs 15 --factorize-at k``: the same split, one cosine schedule over all
+    15 epochs (no second warm-up), as the flag does it (cached)."""
+    base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD, "seed": seed}
+    cfg = TrainConfig(**{**base, "depth": depth, "epochs": TOTAL, "factorize_at": k})
+    res = run_one(cfg, OUT / f"late{k}_d{depth}{_sfx(seed)}", BUDGETS, FinetuneConfig(**FAM["finetune"]), data)
+    res.update(switch=k, seed=seed, schedule="one")
+    return res
+
+
 def run_scratch(depth: int, data, seed: int = 0) -> dict:
     """Depth ``depth`` from scratch for all ``TOTAL`` epochs, same recipe (cached)."""
     base = {**FAM["cfg"], "limit_train": LIMIT, "weight_decay": WD, "seed": seed}
@@ -67,7 +78,9 @@ def run_scratch(depth: int, data, seed: int = 0) -> dict:
 def _recipe(r: dict) -> str:
     if r["switch"] is None:
         return f"depth {r['depth']} from scratch, {TOTAL} ep"
-    return f"depth 1 {r['switch']} ep → depth {r['depth']} {TOTAL - r['switch']} ep"
+    if r.get("schedule") == "one":
+        return f"`--factorize-at {r['switch']}` depth {r['depth']}: one schedule, {TOTAL} ep"
+    return f"depth 1 {r['switch']} ep → depth {r['depth']} {TOTAL - r['switch']} ep, two schedules"
 
 
 def _mean_sd(xs: list[float]) -> str:
@@ -85,7 +98,8 @@ def _pt(p: dict) -> str:
 def report(runs: list[dict]) -> None:
     fronts = json.loads((RESULTS / "fronts_resnet20.json").read_text())
     ref = [r for r in fronts["runs"] if r["weight_decay"] == WD and r["depth"] in (1, 2)]
-    runs = sorted(runs, key=lambda r: (r["switch"] is not None, r["switch"] or 0, r["depth"], r["seed"]))
+    runs = sorted(runs, key=lambda r: (r["switch"] is not None, r.get("schedule") == "one", r["switch"] or 0,
+                                       r["depth"], r["seed"]))
     rows = [(f"{_recipe(r)}, seed {r['seed']}", r) for r in runs]
     rows += [(f"depth {r['depth']} from scratch, {TOTAL} ep (fronts_resnet20.json, another machine)", r) for r in ref]
     lines = ["# Factorize late: plain training first, then LoRITa, same 15-epoch budget (CIFAR-10 ResNet-20)", "",
@@ -134,6 +148,8 @@ def report(runs: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--switch", type=int, nargs="*", default=[], help="plain epochs K before factorizing")
+    p.add_argument("--late", type=int, nargs="*", default=[],
+                   help="K for `factorize_at` runs (one schedule over all epochs)")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--scratch", type=int, nargs="*", default=[], help="depths trained from scratch for comparison")
     p.add_argument("--seed", type=int, default=0, help="init and shuffling seed (folders of seed S > 0 end in _sS)")
@@ -142,11 +158,13 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
-    if bad := [k for k in args.switch if not 0 < k < TOTAL]:
-        p.error(f"--switch {bad}: must be in 1..{TOTAL - 1}")
+    if bad := [k for k in args.switch + args.late if not 0 < k < TOTAL]:
+        p.error(f"--switch/--late {bad}: must be in 1..{TOTAL - 1}")
     data = load_data(TrainConfig(**{**FAM["cfg"], "limit_train": LIMIT}))
     for k in args.switch:
         run_switch(k, args.depth, data, args.seed)
+    for k in args.late:
+        run_late(k, args.depth, data, args.seed)
     for d in args.scratch:
         run_scratch(d, data, args.seed)
     if args.report:
@@ -159,7 +177,7 @@ def _collect(data) -> list[dict]:
     runs = {}
     for r in json.loads(old.read_text())["runs"] if old.is_file() else []:
         r.setdefault("seed", 0)
-        runs[(r["switch"], r["depth"], r["seed"])] = r
+        runs[(r["switch"], r["depth"], r["seed"], r.get("schedule"))] = r
     for d in sorted(OUT.glob("*_d*")):
         if not ((d / "front.json").is_file() and (d / "summary.json").is_file()):
             continue
@@ -167,10 +185,13 @@ def _collect(data) -> list[dict]:
         kind, depth = head.split("_d")
         seed, depth = int(seed or 0), int(depth)
         if kind == "scratch":
-            runs[(None, depth, seed)] = run_scratch(depth, data, seed)
+            runs[(None, depth, seed, None)] = run_scratch(depth, data, seed)
+        elif kind.startswith("late"):
+            k = int(kind[len("late"):])
+            runs[(k, depth, seed, "one")] = run_late(k, depth, data, seed)
         elif kind.startswith("switch"):
             k = int(kind[len("switch"):])
-            runs[(k, depth, seed)] = run_switch(k, depth, data, seed)
+            runs[(k, depth, seed, None)] = run_switch(k, depth, data, seed)
     return list(runs.values())
 
 
