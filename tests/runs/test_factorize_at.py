@@ -110,3 +110,20 @@ def test_cli_flag(tmp_path, capsys):
     assert main([*base, "--factorize-at", "2", "--out", str(tmp_path / "bad")]) != 0
     err = capsys.readouterr().err
     assert "--factorize-at" in err and "0..1" in err and not (tmp_path / "bad").exists()
+
+
+def test_late_phase_continues_the_shuffle_order(tmp_path, monkeypatch):
+    from lorita.data.splits import TensorLoader
+
+    seen = []
+    orig = TensorLoader.set_epoch
+
+    def record(self, epoch):
+        if self.shuffle:
+            seen.append(epoch)
+        orig(self, epoch)
+
+    monkeypatch.setattr(TensorLoader, "set_epoch", record)
+    train_run(TrainConfig(**SMALL, depth=2, epochs=3, factorize_at=1), tmp_path / "late", progress=False)
+    # Plain epoch 0, then the factorized epochs 1 and 2: no permutation is seen twice.
+    assert seen == [0, 1, 2]

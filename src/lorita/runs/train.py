@@ -208,7 +208,7 @@ def _train_run(
         write_json(out / RunFolder.CONFIG, record.to_dict())
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        train.set_epoch(epoch)
+        train.set_epoch(epoch_offset + epoch)  # the late phase continues the run's shuffle order
         tr = train_one_epoch(
             net, train, opt, ctx.device, loss_fn, sched, progress=progress,
             desc=f"epoch {epoch_offset + epoch + 1}/{epoch_offset + cfg.epochs} (depth {cfg.depth})",
