@@ -98,8 +98,9 @@ def test_vit_qkv_options():
 def test_vit_fused_attn_same_function_and_macs():
     small = {"dim": 32, "num_layers": 2, "heads": 4, "dim_head": 8, "mlp_dim": 64}
     torch.manual_seed(0)
-    explicit = ViT(**small).eval()
-    fused = ViT(fused_attn=True, **small).eval()
+    explicit = ViT(fused_attn=False, **small).eval()
+    fused = ViT(**small).eval()  # SDPA is the default
+    assert all(b.attn.fused_attn for b in fused.blocks) and not any(b.attn.fused_attn for b in explicit.blocks)
     fused.load_state_dict(explicit.state_dict(), strict=True)  # same parameters, same names
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(fused(x), explicit(x), rtol=1e-5, atol=1e-6)

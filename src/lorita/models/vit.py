@@ -17,10 +17,12 @@ Attention projections, chosen by ``qkv``:
 * ``"separate"``: ``to_q``, ``to_k``, ``to_v``, each ``Linear(dim, inner, bias=False)``,
   factorized (and truncated) one by one, as in Q3R's ``LoRITaQKV``.
 
-Attention itself: explicit ``softmax(q kᵀ/√d) v`` by default (plain matmuls that every exporter
-and counter sees), or ``fused_attn=True`` (timm's flag): ``F.scaled_dot_product_attention``, the
-same math in one fused kernel (outputs equal to float rounding, ~2e-7; 1.29× faster dense at
-batch 64 on one CPU thread, ``benchmarks/results/vit_sdpa.md``). lorita's MAC counter counts both.
+Attention itself: ``fused_attn=True`` (the default, as timm's flag where SDPA exists):
+``F.scaled_dot_product_attention``, one fused kernel (1.29× faster dense at batch 64 on one CPU
+thread, ``benchmarks/results/vit_sdpa.md``; ``lorita.export_onnx`` exports it, ONNX Runtime runs
+it); or ``fused_attn=False``: the explicit ``softmax(q kᵀ/√d) v`` of the authors' code (plain
+matmuls, for tools that cannot trace SDPA). Same math and state_dict: outputs equal to float
+rounding (~2e-7). lorita's MAC counter counts both the same.
 
 Then ``to_out = Linear(inner, dim, bias=False)``; MLP ``fc1 = Linear(dim, mlp_dim)``,
 ``fc2 = Linear(mlp_dim, dim)``.
@@ -88,9 +90,9 @@ class PatchEmbed(nn.Module):
 
 class Attention(nn.Module):
     """Pre-norm multi-head self-attention; ``qkv``: ``"joint"`` or ``"separate"`` projections;
-    ``fused_attn``: SDPA instead of the explicit softmax(q kᵀ/√d) v (same math)."""
+    ``fused_attn``: SDPA (default) instead of the explicit softmax(q kᵀ/√d) v (same math)."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, qkv: str, fused_attn: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, qkv: str, fused_attn: bool = True) -> None:
         super().__init__()
         self.heads, self.dim_head, self.qkv, self.fused_attn = heads, dim_head, qkv, fused_attn
         inner = heads * dim_head
@@ -136,7 +138,7 @@ class Block(nn.Module):
     """``x + attn(x)``, then ``x + mlp(x)``."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, qkv: str,
-                 fused_attn: bool = False) -> None:
+                 fused_attn: bool = True) -> None:
         super().__init__()
         self.attn = Attention(dim, heads, dim_head, qkv, fused_attn)
         self.mlp = FeedForward(dim, mlp_dim)
@@ -158,8 +160,9 @@ class ViT(nn.Module):
         mlp_dim: MLP hidden width.
         qkv: ``"joint"`` (one Q,K,V projection, the paper's) or ``"separate"``.
         in_channels: image channels.
-        fused_attn: run attention through ``F.scaled_dot_product_attention`` (timm's flag; same
-            math and state_dict, faster) instead of explicit matmuls + softmax (the default).
+        fused_attn: run attention through ``F.scaled_dot_product_attention`` (the default,
+            timm's flag; faster) or, with ``False``, explicit matmuls + softmax (the authors'
+            code); same math and state_dict either way.
 
     Input ``(B, in_channels, image_size, image_size)``; output logits ``(B, num_classes)``.
 
@@ -179,7 +182,7 @@ class ViT(nn.Module):
         mlp_dim: int = 512,
         qkv: str = "joint",
         in_channels: int = 3,
-        fused_attn: bool = False,
+        fused_attn: bool = True,
     ) -> None:
         super().__init__()
         for name, v in (("num_classes", num_classes), ("image_size", image_size), ("patch", patch),
