@@ -18,7 +18,7 @@ Attention projections, chosen by ``qkv``:
   factorized (and truncated) one by one, as in Q3R's ``LoRITaQKV``.
 
 Attention itself: ``fused_attn=True`` (the default, as timm's flag where SDPA exists):
-``F.scaled_dot_product_attention``, one fused kernel (1.29× faster dense at batch 64 on one CPU
+``F.scaled_dot_product_attention``, one fused kernel (1.17–1.29× faster dense at batch 64 on one CPU
 thread, ``benchmarks/results/vit_sdpa.md``; ``lorita.export_onnx`` exports it, ONNX Runtime runs
 it); or ``fused_attn=False``: the explicit ``softmax(q kᵀ/√d) v`` of the authors' code (plain
 matmuls, for tools that cannot trace SDPA). Same math and state_dict: outputs equal to float
