@@ -104,7 +104,8 @@ def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[dic
     model_timer = BenchmarkTimer(min_run_time=args.model_time, warmup=1, best=True)
     rows, traffic = [], []
     for budget in args.budgets:
-        ranks = lorita.select_ranks(model, lorita.MacBudget(budget, torch.zeros(1, *shape)), targets, exclude)
+        ranks = lorita.select_ranks(model, lorita.MacBudget(budget, torch.zeros(1, *shape)), targets, exclude,
+                                    multiple=args.rank_multiple)
         by_macs = lorita.to_low_rank(model, ranks)
         for runtime, fmt, batch in _settings(name, args.batch, args.big_batch):
             t0 = time.perf_counter()
@@ -153,12 +154,17 @@ def _batches(rows: list[dict]) -> str:
     return ", ".join(f"{m} {'/'.join(map(str, sorted(b)))}" for m, b in by_model.items())
 
 
+def _multiple_note(k: int) -> str:
+    return "" if k == 1 else f" in multiples of {k} (`select_ranks(..., multiple={k})`)"
+
+
 def _markdown(rows: list[dict], traffic: list[dict], args: argparse.Namespace, seconds: float,
               notes: list[str] = ()) -> str:
     out = [
         "# Latency: split=\"macs\" vs split=\"latency\"", "",
         f"Ratios vs the dense model, measured side by side in one process (interleaved rounds: {args.rounds}; "
-        f"median of per-round ratios), 1 thread, random weights, ranks from `MacBudget` on the default targets. "
+        f"median of per-round ratios), 1 thread, random weights, ranks from `MacBudget` on the default targets"
+        f"{_multiple_note(args.rank_multiple)}. "
         f"torch {torch.__version__}. Shared, noisy machine: read ratios, never absolute times "
         f"(whole run {seconds / 60:.0f} min). Batch sizes: {_batches(rows)}.", "",
         *[f"Note: {n}\n" for n in notes],
@@ -251,6 +257,8 @@ def main() -> None:
     p.add_argument("--layer-time", type=float, default=0.02, help="min_run_time per layer measurement (s)")
     p.add_argument("--model-time", type=float, default=0.02, help="min_run_time per model measurement (s)")
     p.add_argument("--multiple", type=int, default=None, help="also try ranks rounded up to this multiple")
+    p.add_argument("--rank-multiple", type=int, default=1,
+                   help="MacBudget's rank granularity (select_ranks(..., multiple=)); 8: channel blocks on AVX2")
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm first (lorita.fold_batchnorm)")
     p.add_argument("--out", default="benchmarks/results/latency")
     p.add_argument("--note", default=None, help="a sentence kept in the result's meta and Markdown")

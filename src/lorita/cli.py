@@ -205,7 +205,10 @@ def _add_search_args(c: argparse.ArgumentParser) -> None:
     g.add_argument("--initial-step", type=int, default=None, help="first rank step (default: max rank / 8)")
     g.add_argument("--start", default=None,
                    help="warm start from a one-shot policy's ranks, e.g. energy:0.9999 (default: full rank)")
-    g.add_argument("--multiple", type=int, default=None, help="round ranks down to a multiple of this (default: 1)")
+    g.add_argument("--multiple", type=int, default=None,
+                   help="rank granularity, default 1. Search: ranks rounded down to a multiple of this. "
+                        "--policy: budgets drop singular values in blocks of it, per-layer policies round up "
+                        "(8 suits ONNX Runtime / oneDNN channel blocks on AVX2, 16 on AVX-512)")
     g.add_argument("--criterion", choices=["loss", "loss_per_cost"], default=None,
                    help="pick the reduction with the lowest val loss, or loss increase per MAC saved (default: loss)")
     g.add_argument("--no-keep-dense", action="store_true",

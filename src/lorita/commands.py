@@ -134,10 +134,12 @@ def cmd_compress(args: Args) -> int:
     if args.search is None:
         if args.policy is None:
             raise ValueError("give a rank policy (--policy energy:0.99 ...) or --search greedy --tolerance 1.0")
-        stray = [k for k in SEARCH_ONLY if getattr(args, k) not in (None, False)]
+        stray = [k for k in SEARCH_ONLY if k != "multiple" and getattr(args, k) not in (None, False)]
         if stray:
             flags = ", ".join("--" + k.replace("_", "-") for k in stray)
             raise ValueError(f"{flags} only apply to --search greedy; drop them with --policy (or use --search)")
+        if args.multiple is not None and args.multiple < 1:
+            raise ValueError(f"--multiple {args.multiple}: give an int >= 1 (e.g. 8 for ONNX Runtime on AVX2)")
     if args.quantize is not None:
         _check_quantize(args.quantize)
     searching = args.search is not None
@@ -148,7 +150,7 @@ def cmd_compress(args: Args) -> int:
         quantize=args.quantize, val_samples=args.val_samples, data_dir=args.data_dir, device=args.device,
         progress=not args.no_progress, overwrite=args.overwrite, eval_batch_size=args.eval_batch_size,
         split=args.split, latency_batch=args.latency_batch if args.latency else None,
-        split_batch=args.latency_batch,
+        split_batch=args.latency_batch, multiple=1 if searching or args.multiple is None else args.multiple,
     )
     _print_rows(rep)
     if "latency" in rep:

@@ -143,3 +143,57 @@ def test_budget_policies_choosing_rank_one_are_not_warned(caplog):
     with caplog.at_level("WARNING", logger="lorita.ranks.policies"):
         ranks = lorita.select_ranks(model, lorita.ParamBudget(0.07))
     assert ranks["1"] == 1 and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_rank_levels_under_a_multiple():
+    from lorita.ranks.policies import _levels
+
+    assert _levels(5, 1) == [5, 4, 3, 2, 1]
+    assert _levels(64, 8) == [64, 56, 48, 40, 32, 24, 16, 8]
+    assert _levels(20, 8) == [20, 16, 8]
+    assert _levels(10, 8) == [10, 8]
+    assert _levels(8, 8) == [8] and _levels(3, 8) == [3]
+
+
+def test_budget_with_a_multiple_drops_whole_blocks_and_meets_the_budget():
+    # a: 20x100 (max rank 20), b: 16x100 (max rank 16); 120 / 116 weights per rank.
+    Sa = [10.0 / (i + 1) for i in range(20)]
+    Sb = [float(16 - i) for i in range(16)]  # flatter: its blocks hold more normalized energy
+    infos = [_info("a", Sa, (20, 100)), _info("b", Sb, (16, 100))]
+    dense = 20 * 100 + 16 * 100
+    for frac in (0.9, 0.7, 0.6, 0.53):
+        ranks = _budget_ranks(infos, frac, use_macs=False, multiple=8)
+        assert ranks["a"] in (20, 16, 8) and ranks["b"] in (16, 8)
+        assert deployable_cost(20, 100, ranks["a"]) + deployable_cost(16, 100, ranks["b"]) <= frac * dense
+    # The floor: a and b at rank 8 (no level below it): 8·120 + 8·116 = 1,888 of 3,600 = 0.5244.
+    with pytest.raises(ValueError, match=r"lowest rank allowed by `multiple`=8 .* keeps 0\.5244.*lower `multiple`"):
+        _budget_ranks(infos, 0.5, use_macs=False, multiple=8)
+    # 0.75 (2,700): dense cost 2,000 + 1,600; a's tail block S[16:20] has the least energy per weight,
+    # a -> 16 (1,920 + 1,600 = 3,520), then a's S[8:16] (a -> 8: 960 + 1,600 = 2,560 <= 2,700).
+    assert _budget_ranks(infos, 0.75, use_macs=False, multiple=8) == {"a": 8, "b": 16}
+    # 0.6 (2,160 weights): a -> 16 -> 8 (its blocks are the lowest-energy ones), then b -> 8.
+    assert _budget_ranks(infos, 0.6, use_macs=False, multiple=8) == {"a": 8, "b": 8}
+    # multiple=1 on the same layers is the old single-value greedy: not multiples of 8.
+    r1 = _budget_ranks(infos, 0.6, use_macs=False)
+    assert sum(deployable_cost(m, 100, r1[k]) for k, m in (("a", 20), ("b", 16))) <= 0.6 * dense
+    assert r1 != {"a": 8, "b": 8}
+
+
+def test_select_ranks_multiple_rounds_layer_policies_up_and_keeps_budgets():
+    model = _model_with_spectra([((20, 24), [float(20 - i) for i in range(20)]),
+                                 ((12, 30), [float(12 - i) for i in range(12)])])
+    assert lorita.select_ranks(model, lorita.FixedRank(3), multiple=8) == {"0": 8, "1": 8}
+    assert lorita.select_ranks(model, lorita.FixedRank(9), multiple=8) == {"0": 16, "1": 12}  # capped at min(m, n)
+    plain = lorita.select_ranks(model, lorita.EnergyThreshold(0.9))
+    up = lorita.select_ranks(model, lorita.EnergyThreshold(0.9), multiple=4)
+    assert all(up[k] >= plain[k] and (up[k] % 4 == 0 or up[k] == m) for k, m in (("0", 20), ("1", 12)))
+    ranks = lorita.select_ranks(model, lorita.ParamBudget(0.5), multiple=4)
+    assert all(r % 4 == 0 for r in ranks.values())
+    cost = deployable_cost(20, 24, ranks["0"]) + deployable_cost(12, 30, ranks["1"])
+    assert cost <= 0.5 * (20 * 24 + 12 * 30)
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.0, True, "8"])
+def test_bad_multiple_is_named(mlp, bad):
+    with pytest.raises(ValueError, match="`multiple` must be an int >= 1"):
+        lorita.select_ranks(mlp, lorita.FixedRank(2), multiple=bad)

@@ -53,6 +53,22 @@ def test_compress_outputs_and_merged_loads_into_plain_class(trained, tmp_path, c
     assert "low-rank (energy:0.9): val" in capsys.readouterr().out
 
 
+def test_compress_multiple_gives_ranks_in_blocks_and_meets_the_budget(trained, tmp_path, capsys):
+    out = tmp_path / "c8"
+    argv = ["--no-progress", "compress", str(trained), "--policy", "macs:0.3", "--multiple", "8", "--out", str(out)]
+    assert main(argv) == 0
+    ranks = json.loads((out / "ranks.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    # FCN 784-64-64-10: max ranks 64, 64, 10; every rank a multiple of 8 or the layer's full rank
+    assert all(r % 8 == 0 or (k == "layers.4" and r == 10) for k, r in ranks.items()), ranks
+    assert report["rank_multiple"] == 8 and report["low_rank"]["macs_frac"] <= 0.3 + 1e-9
+    assert "ranks in multiples of 8" in capsys.readouterr().out
+    assert main(["compress", str(trained), "--policy", "energy:0.9", "--multiple", "0",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--multiple 0: give an int >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_sweep_and_report(trained, tmp_path):
     out = tmp_path / "s"
     assert main(["--no-progress", "sweep", str(trained), "--policy", "params", "--points", "0.1,0.5",
@@ -158,7 +174,7 @@ def test_compress_applies_exclude_modules_and_finetune_with_a_policy(trained, tm
 
 
 @pytest.mark.parametrize("flag", [["--tolerance", "2"], ["--budget", "macs:0.5"], ["--start", "energy:0.99"],
-                                  ["--multiple", "8"], ["--val-samples", "10"], ["--no-keep-dense"]])
+                                  ["--val-samples", "10"], ["--no-keep-dense"]])
 def test_search_only_flags_with_a_policy_are_refused(trained, tmp_path, capsys, flag):
     assert main(["compress", str(trained), "--policy", "energy:0.9", *flag, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()

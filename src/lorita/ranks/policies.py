@@ -58,6 +58,7 @@ __all__ = [
     "POLICY_KINDS",
     "PolicyKind",
     "policy_string",
+    "round_rank",
 ]
 
 logger = logging.getLogger(__name__)
@@ -249,7 +250,15 @@ def layer_infos(
     return infos
 
 
-def _budget_ranks(infos: list[LayerInfo], fraction: float, use_macs: bool) -> dict[str, int]:
+def _levels(max_rank: int, multiple: int) -> list[int]:
+    """The ranks a layer may take, descending: ``max_rank``, then the multiples of ``multiple``
+    below it down to ``multiple`` (``[max_rank, ..., 1]`` for ``multiple=1``; only ``[max_rank]``
+    when ``max_rank <= multiple``)."""
+    below = range((max_rank - 1) // multiple * multiple, 0, -multiple)
+    return [max_rank, *below]
+
+
+def _budget_ranks(infos: list[LayerInfo], fraction: float, use_macs: bool, multiple: int = 1) -> dict[str, int]:
     def weight(info: LayerInfo) -> int:
         return (info.positions or 1) if use_macs else 1
 
@@ -264,36 +273,60 @@ def _budget_ranks(infos: list[LayerInfo], fraction: float, use_macs: bool) -> di
     total = sum(current.values())
     if total <= budget:
         return ranks
-    # Candidates: drop singular value j (j >= 1, keep at least rank 1) of each layer; score =
-    # normalized energy lost per unit of cost saved; within a layer the order is the tail first.
-    cands: list[tuple[float, int, int, LayerInfo]] = []
+    # Candidates: drop the block of singular values S[b:a] (a rank step a -> b between two allowed
+    # levels; single values when multiple=1) of each layer; score = normalized energy lost per unit
+    # of cost saved. S is descending, so the scores rise from a layer's tail inwards: processed in
+    # score order, every layer is cut tail first (ties broken by the larger a, i.e. the tail).
+    levels = {i.name: _levels(i.max_rank, multiple) for i in infos}
+    cands: list[tuple[float, int, int, int, LayerInfo]] = []
     for li, info in enumerate(infos):
         sq = info.S.double() ** 2
         tot = float(sq.sum()) or 1.0
         per_rank = (info.shape[0] + info.shape[1]) * weight(info)
-        for j in range(1, info.max_rank):
-            cands.append((float(sq[j]) / tot / per_rank, li, -j, info))
+        lv = levels[info.name]
+        for a, b in zip(lv, lv[1:], strict=False):
+            cands.append((float(sq[b:a].sum()) / tot / ((a - b) * per_rank), li, -a, b, info))
     cands.sort(key=lambda c: (c[0], c[1], c[2]))
-    # Greedy in score order, but respect per-layer tail-first order (scores are monotone within a
-    # layer, ties broken by index so the tail goes first).
-    for _, _, neg_j, info in cands:
-        j = -neg_j
-        if ranks[info.name] != j + 1:
-            # Only possible with exactly tied scores across indices; take the tail element.
-            j = ranks[info.name] - 1
-            if j < 1:
+    for _, _, neg_a, b, info in cands:
+        a = -neg_a
+        if ranks[info.name] != a:
+            # Only possible with exactly tied scores across blocks; take the next step from the tail.
+            lv = levels[info.name]
+            k = lv.index(ranks[info.name])
+            if k + 1 >= len(lv):
                 continue
-        ranks[info.name] = j
-        new = cost(info, j)
+            b = lv[k + 1]
+        ranks[info.name] = b
+        new = cost(info, b)
         total += new - current[info.name]
         current[info.name] = new
         if total <= budget:
             return ranks
-    floor = sum(cost(i, 1) for i in infos) / dense_total
+    floor = sum(cost(i, levels[i.name][-1]) for i in infos) / dense_total
+    lowest = "rank 1" if multiple == 1 else f"the lowest rank allowed by `multiple`={multiple}"
     raise ValueError(
-        f"budget {fraction:g} cannot be met: even rank 1 in every targeted layer keeps "
-        f"{floor:.4f} of the dense {'MACs' if use_macs else 'params'}; raise the budget or target more layers"
+        f"budget {fraction:g} cannot be met: even {lowest} in every targeted layer keeps "
+        f"{floor:.4f} of the dense {'MACs' if use_macs else 'params'}; raise the budget"
+        + (", lower `multiple`" if multiple > 1 else "") + " or target more layers"
     )
+
+
+def round_rank(rank: int, max_rank: int, multiple: int) -> int:
+    """``rank`` rounded *up* to a multiple of ``multiple``, capped at ``max_rank`` (what a
+    per-layer policy's ranks become under ``select_ranks(..., multiple=k)``: the policy's promise —
+    the energy kept, the rank asked for — still holds).
+
+    Example: ``round_rank(11, 64, 8) == 16``; ``round_rank(60, 64, 8) == 64``; ``round_rank(3, 3, 8) == 3``.
+    """
+    return min(max_rank, -(-rank // multiple) * multiple)
+
+
+def check_multiple(multiple: Any) -> int:
+    """``multiple`` as an int >= 1, or ValueError naming it."""
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"`multiple` must be an int >= 1 (e.g. 8 for kernels that block channels by 8), "
+                         f"got {multiple!r}")
+    return multiple
 
 
 def select_ranks(
@@ -301,6 +334,7 @@ def select_ranks(
     policy: RankPolicy,
     target_modules: Targets = None,
     exclude_modules: Targets = None,
+    multiple: int = 1,
 ) -> dict[str, int]:
     """Choose an integer rank for every targeted layer.
 
@@ -309,29 +343,37 @@ def select_ranks(
         policy: a rank policy dataclass (see module docstring) or a string for
             :func:`parse_policy`.
         target_modules, exclude_modules: which layers (default: every Linear/Conv2d).
+        multiple: rank granularity. Budget policies (:class:`ParamBudget`, :class:`MacBudget`,
+            :class:`LatencyBudget`) drop singular values in blocks, so every rank is a multiple of
+            ``multiple`` or the layer's full ``min(m, n)`` and the budget still holds; per-layer
+            policies' ranks are rounded *up* (:func:`round_rank`; the energy kept or rank asked for
+            still holds). Use the SIMD block of the kernels you deploy on — ONNX Runtime's and
+            oneDNN's blocked conv layouts hold channels in blocks of 8 (AVX2) or 16 (AVX-512): a rank
+            of 11 runs as 16 (``benchmarks/results/latency_multiple8.md`` measures it). Default 1.
 
     Returns:
         ``{fqn: rank}`` with ``1 <= rank <= min(m, n)``, in module order.
 
     Raises:
-        ValueError / TypeError: unknown policy, no layer matched, non-finite weights, or an
-            infeasible budget.
+        ValueError / TypeError: unknown policy, no layer matched, non-finite weights, a bad
+            ``multiple``, or an infeasible budget.
     """
+    check_multiple(multiple)
     if isinstance(policy, str):
         policy = parse_policy(policy)
     if isinstance(policy, _LAYER_POLICIES):
         infos = layer_infos(model, target_modules, exclude_modules)
-        ranks = {i.name: int(policy(i)) for i in infos}
+        ranks = {i.name: round_rank(int(policy(i)), i.max_rank, multiple) for i in infos}
         return _warn_rank_one(infos, ranks, policy) if isinstance(policy, RankRatio | FixedRank) else ranks
     if isinstance(policy, ParamBudget):
         infos = layer_infos(model, target_modules, exclude_modules)
-        return _budget_ranks(infos, policy.fraction, use_macs=False)
+        return _budget_ranks(infos, policy.fraction, use_macs=False, multiple=multiple)
     if isinstance(policy, MacBudget):
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
-        return _budget_ranks(infos, policy.fraction, use_macs=True)
+        return _budget_ranks(infos, policy.fraction, use_macs=True, multiple=multiple)
     if isinstance(policy, LatencyBudget):  # bisects MacBudget's fraction against measured latency
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
-        return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True))
+        return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True, multiple=multiple))
     raise TypeError(
         f"unknown rank policy {policy!r}; use FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, "
         f"ParamBudget, MacBudget or LatencyBudget"

@@ -26,7 +26,7 @@ from lorita.counting import count_macs
 from lorita.finetune import FinetuneConfig
 from lorita.finetune import finetune as finetune_model
 from lorita.quantize import quantize_int8, save_quantized
-from lorita.ranks.policies import parse_policy, select_ranks
+from lorita.ranks.policies import check_multiple, parse_policy, select_ranks
 from lorita.ranks.search import BatchEvaluator, GreedySearch, SearchResult, search
 from lorita.runs.bench import latency_ratio
 from lorita.runs.folder import (
@@ -66,6 +66,7 @@ def compress(
     split: str = "macs",
     latency_batch: int | None = None,
     split_batch: int = 1,
+    multiple: int = 1,
 ) -> dict[str, Any]:
     """``lorita compress``: merge a trained run, choose ranks, split, fine-tune, report (one writer).
 
@@ -85,6 +86,8 @@ def compress(
         split: ``"latency"`` (policies only): split only where the pair measures faster (eager, 1
             thread, batch ``split_batch``; :func:`lorita.to_low_rank`), decisions in the report.
         latency_batch: also measure the latency ratio vs dense (eager, 1 thread, this batch).
+        multiple: policies only: rank granularity (``select_ranks(..., multiple=)``; e.g. 8 for
+            ONNX Runtime's channel blocks on AVX2); a search takes it in ``GreedySearch.multiple``.
 
     Returns:
         the report (also ``report.json``): ``dense`` and ``low_rank`` rows (accuracies, params, MACs
@@ -97,6 +100,9 @@ def compress(
     """
     searching = isinstance(ranks, GreedySearch)
     _check_args(ranks, finetune, quantize, split, latency_batch, split_batch)
+    check_multiple(multiple)
+    if searching and multiple != 1:
+        raise ValueError("`multiple` applies to a policy; give a search its own `GreedySearch(multiple=...)`")
     out = _refuse_overwrite(Path(out_dir), overwrite)
     run = load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
     t0 = time.perf_counter()
@@ -106,8 +112,12 @@ def compress(
         ft_cfg = ranks.finetune
         label = "greedy search"
     else:
-        low, rank_map, decisions = _policy_model(run, ranks, exclude_modules, finetune, progress, split, split_batch)
+        low, rank_map, decisions = _policy_model(run, ranks, exclude_modules, finetune, progress, split, split_batch,
+                                                 multiple)
         meta, ft_cfg, label, result = {"policy": ranks}, finetune, ranks, None
+        if multiple != 1:
+            meta["rank_multiple"] = multiple
+            label += f", ranks in multiples of {multiple}"
     if ft_cfg is not None:
         label += " + fine-tune" + (" + distill" if ft_cfg.distill is not None else "")
     dense_row = model_row(run, run.dense, "dense (merged)", progress=progress)
@@ -124,6 +134,7 @@ def compress(
     report: dict[str, Any] = {
         "run": str(run_dir),
         "policy": "search:greedy" if searching else ranks,
+        **({"rank_multiple": multiple} if multiple != 1 else {}),
         "dense": dense_row,
         "low_rank": low_row,
         "layers": layers.to_dict(),
@@ -190,13 +201,14 @@ def _latency_column(run: LoadedRun, low: nn.Module, batch: int | None, dense_row
 
 def _policy_model(
     run: LoadedRun, policy: str, exclude_modules: Any, ft: FinetuneConfig | None, progress: bool,
-    split: str = "macs", split_batch: int = 1,
+    split: str = "macs", split_batch: int = 1, multiple: int = 1,
 ) -> tuple[nn.Module, dict[str, int], dict]:
     """The low-rank model of a one-shot policy (fine-tuned on the training split if ``ft``), its
     ranks and the split decisions."""
     pol = parse_policy(policy, example_inputs=run.example_inputs)
     target, exclude = run.targets
-    ranks = select_ranks(run.dense, pol, target, exclude_modules if exclude_modules is not None else exclude)
+    ranks = select_ranks(run.dense, pol, target, exclude_modules if exclude_modules is not None else exclude,
+                         multiple=multiple)
     if split == "latency":  # timed on the CPU, eager, one thread
         x = _timing_batch(run, split_batch)
         low, decisions = to_low_rank(run.dense.cpu(), ranks, split="latency", example_inputs=x, report=True)
