@@ -146,7 +146,7 @@ def test_budget_policies_choosing_rank_one_are_not_warned(caplog):
 
 
 def test_rank_levels_under_a_multiple():
-    from lorita.ranks.policies import _levels
+    from lorita.ranks._budget import levels_for as _levels
 
     assert _levels(5, 1) == [5, 4, 3, 2, 1]
     assert _levels(64, 8) == [64, 56, 48, 40, 32, 24, 16, 8]

@@ -86,8 +86,7 @@ def compress(
         split: ``"latency"`` (policies only): split only where the pair measures faster (eager, 1
             thread, batch ``split_batch``; :func:`lorita.to_low_rank`), decisions in the report.
         latency_batch: also measure the latency ratio vs dense (eager, 1 thread, this batch).
-        multiple: policies only: rank granularity (``select_ranks(..., multiple=)``; e.g. 8 for
-            ONNX Runtime's channel blocks on AVX2); a search takes it in ``GreedySearch.multiple``.
+        multiple: policies only: rank granularity, ``select_ranks(..., multiple=)`` (e.g. 8 on AVX2).
 
     Returns:
         the report (also ``report.json``): ``dense`` and ``low_rank`` rows (accuracies, params, MACs
@@ -99,25 +98,19 @@ def compress(
         TypeError: ``ranks`` neither a policy string nor a GreedySearch.
     """
     searching = isinstance(ranks, GreedySearch)
-    _check_args(ranks, finetune, quantize, split, latency_batch, split_batch)
-    check_multiple(multiple)
-    if searching and multiple != 1:
-        raise ValueError("`multiple` applies to a policy; give a search its own `GreedySearch(multiple=...)`")
+    _check_args(ranks, finetune, quantize, split, latency_batch, split_batch, multiple)
     out = _refuse_overwrite(Path(out_dir), overwrite)
     run = load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
     t0 = time.perf_counter()
     if searching:
         result = run_search(run, ranks, val_samples, exclude_modules, progress)
-        low, rank_map, meta = result.model, result.ranks, {"search": result.config}
-        ft_cfg = ranks.finetune
+        low, rank_map, meta, ft_cfg = result.model, result.ranks, {"search": result.config}, ranks.finetune
         label = "greedy search"
     else:
         low, rank_map, decisions = _policy_model(run, ranks, exclude_modules, finetune, progress, split, split_batch,
                                                  multiple)
-        meta, ft_cfg, label, result = {"policy": ranks}, finetune, ranks, None
-        if multiple != 1:
-            meta["rank_multiple"] = multiple
-            label += f", ranks in multiples of {multiple}"
+        meta, ft_cfg, result = {"policy": ranks, **_multiple_meta(multiple)}, finetune, None
+        label = ranks + ("" if multiple == 1 else f", ranks in multiples of {multiple}")
     if ft_cfg is not None:
         label += " + fine-tune" + (" + distill" if ft_cfg.distill is not None else "")
     dense_row = model_row(run, run.dense, "dense (merged)", progress=progress)
@@ -134,7 +127,7 @@ def compress(
     report: dict[str, Any] = {
         "run": str(run_dir),
         "policy": "search:greedy" if searching else ranks,
-        **({"rank_multiple": multiple} if multiple != 1 else {}),
+        **_multiple_meta(multiple),
         "dense": dense_row,
         "low_rank": low_row,
         "layers": layers.to_dict(),
@@ -167,7 +160,15 @@ def _refuse_overwrite(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _check_args(ranks: Any, finetune: Any, quantize: Any, split: str, latency_batch: Any, split_batch: Any) -> None:
+def _multiple_meta(multiple: int) -> dict[str, int]:
+    return {} if multiple == 1 else {"rank_multiple": multiple}
+
+
+def _check_args(ranks: Any, finetune: Any, quantize: Any, split: str, latency_batch: Any, split_batch: Any,
+                multiple: Any = 1) -> None:
+    check_multiple(multiple)
+    if isinstance(ranks, GreedySearch) and multiple != 1:
+        raise ValueError("`multiple` applies to a policy; give a search its own `GreedySearch(multiple=...)`")
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"`quantize` must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
     searching = isinstance(ranks, GreedySearch)
