@@ -46,6 +46,7 @@ _FLAGS = {
     "split_batch": "--latency-batch",
     "init": "--init", "init_scale": "--init-scale", "factor_side": "--factor-side",
     "clip_grad_norm": "--clip-grad-norm", "init_from": "--init-from", "factorize_at": "--factorize-at",
+    "multiple": "--multiple",
 }
 
 
@@ -208,7 +209,7 @@ def _add_search_args(c: argparse.ArgumentParser) -> None:
     g.add_argument("--multiple", type=int, default=None,
                    help="rank granularity, default 1. Search: ranks rounded down to a multiple of this. "
                         "--policy: budgets drop singular values in blocks of it, per-layer policies round up "
-                        "(8 suits ONNX Runtime / oneDNN channel blocks on AVX2, 16 on AVX-512)")
+                        "(8 suits ONNX Runtime's channel blocks on AVX2, 16 on AVX-512)")
     g.add_argument("--criterion", choices=["loss", "loss_per_cost"], default=None,
                    help="pick the reduction with the lowest val loss, or loss increase per MAC saved (default: loss)")
     g.add_argument("--no-keep-dense", action="store_true",

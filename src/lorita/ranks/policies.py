@@ -265,9 +265,9 @@ def select_ranks(
             :class:`LatencyBudget`) drop singular values in blocks, so every rank is a multiple of
             ``multiple`` or the layer's full ``min(m, n)`` and the budget still holds; per-layer
             policies' ranks are rounded *up* (:func:`round_rank`; the energy kept or rank asked for
-            still holds). Use the SIMD block of the kernels you deploy on — ONNX Runtime's and
-            oneDNN's blocked conv layouts hold channels in blocks of 8 (AVX2) or 16 (AVX-512): a rank
-            of 11 runs as 16 (``benchmarks/results/latency_multiple8.md`` measures it). Default 1.
+            still holds). Use the SIMD block of the kernels you deploy on — ONNX Runtime's blocked
+            (NCHWc) conv layout holds channels in blocks of 8 (AVX2) or 16 (AVX-512), so a rank of 11
+            runs as 16 (measured: ``benchmarks/results/rank_multiple.md``). Default 1.
 
     Returns:
         ``{fqn: rank}`` with ``1 <= rank <= min(m, n)``, in module order.
