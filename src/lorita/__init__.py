@@ -30,6 +30,7 @@ from lorita.ranks import (
     GlobalThreshold,
     GreedySearch,
     LatencyBudget,
+    LayerBudget,
     MacBudget,
     ParamBudget,
     RankRatio,
@@ -55,6 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     # measured latency and latency-driven splits (issue 9)
     "LatencyBudget",
+    "LayerBudget",
     "LatencyComparison",
     "LatencyResult",
     "SplitDecision",

@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency", action="store_true",
                    help="also measure each point's latency ratio vs dense (eager, 1 thread)")
     s.add_argument("--latency-batch", type=int, default=1, help="batch size for --latency")
+    s.add_argument("--multiple", type=int, default=1,
+                   help="rank granularity of every point (e.g. 8: ONNX Runtime's conv blocks on AVX2)")
     s.add_argument("--search-tolerances", type=_floats, default=None,
                    help="also run the greedy rank search at these tolerances (points) and plot them")
     s.set_defaults(func=cmd_sweep)

@@ -197,3 +197,40 @@ def test_select_ranks_multiple_rounds_layer_policies_up_and_keeps_budgets():
 def test_bad_multiple_is_named(mlp, bad):
     with pytest.raises(ValueError, match="`multiple` must be an int >= 1"):
         lorita.select_ranks(mlp, lorita.FixedRank(2), multiple=bad)
+
+
+def test_layer_budget_gives_every_layer_the_same_share():
+    # (20, 24): m·n/(m+n) = 480/44 = 10.909; (12, 30): 360/42 = 8.571
+    model = _model_with_spectra([((20, 24), [float(20 - i) for i in range(20)]),
+                                 ((12, 30), [float(12 - i) for i in range(12)])])
+    assert lorita.select_ranks(model, lorita.LayerBudget(0.5)) == {"0": 5, "1": 4}  # 5.45, 4.29
+    assert lorita.select_ranks(model, lorita.LayerBudget(1.0)) == {"0": 20, "1": 12}  # full rank, dense cost
+    assert lorita.select_ranks(model, lorita.LayerBudget(0.05)) == {"0": 1, "1": 1}  # 0.55, 0.43: at least 1
+    # rounded down to the multiple (9.82 -> 9 -> 8; 7.71 -> 7 -> 4); below the multiple kept as computed
+    assert lorita.select_ranks(model, lorita.LayerBudget(0.9), multiple=4) == {"0": 8, "1": 4}
+    assert lorita.select_ranks(model, lorita.LayerBudget(0.5), multiple=8) == {"0": 5, "1": 4}
+
+
+@pytest.mark.parametrize("m,n", [(512, 512), (10, 512), (64, 576), (16, 144), (3, 7), (768, 3072)])
+@pytest.mark.parametrize("f", [0.1, 0.2, 1 / 3, 0.5, 0.9])
+def test_layer_budget_rank_is_the_largest_within_the_layer_budget(m, n, f):
+    r = lorita.LayerBudget(f)(_info("w", [1.0] * min(m, n), (m, n)))
+    assert 1 <= r < min(m, n)
+    if r > 1:  # rank 1 is the floor even where it costs more than the share
+        assert deployable_cost(m, n, r) <= f * m * n
+    assert (r + 1) * (m + n) > f * m * n  # maximal
+
+
+def test_layer_budget_on_a_conv_uses_the_matricized_shape():
+    conv = nn.Sequential(nn.Conv2d(16, 32, 3))  # (32, 16·9 = 144): 4608/176 = 26.18
+    assert lorita.select_ranks(conv, lorita.LayerBudget(0.5)) == {"0": 13}
+    low = lorita.to_low_rank(conv, {"0": 13})
+    x = torch.zeros(1, 16, 8, 8)
+    assert lorita.count_macs(low, x).total_macs <= 0.5 * lorita.count_macs(conv, x).total_macs
+
+
+def test_layer_budget_parses_and_prints():
+    assert parse_policy("layer:0.2") == lorita.LayerBudget(0.2)
+    assert lorita.ranks.policies.policy_string(lorita.LayerBudget(0.25)) == "layer:0.25"
+    with pytest.raises(ValueError, match=r"`fraction` must be in \(0, 1\]"):
+        parse_policy("layer:0")

@@ -295,3 +295,16 @@ def test_demo_parallel_depths_match_sequential(tmp_path, capsys):
 def test_demo_rejects_bad_jobs(tmp_path, capsys):
     assert main(["--no-progress", "demo", "--out", str(tmp_path), *SMALL, "--jobs", "0"]) == 2
     assert "--jobs 0" in capsys.readouterr().err
+
+
+def test_sweep_layer_budget_with_a_multiple(trained, tmp_path):
+    out = tmp_path / "s8"
+    assert main(["--no-progress", "sweep", str(trained), "--policy", "layer", "--points", "0.3,0.5",
+                 "--multiple", "8", "--out", str(out)]) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    assert res["rank_multiple"] == 8 and [p["point"] for p in res["points"]] == [0.3, 0.5]
+    # FCN 784-64-64-10, layers.0 (64, 784): 0.5·50176/848 = 29.6 -> 29 -> 24; (64, 64): 16 -> 16;
+    # the head (10, 64): 4.3 -> 4 (below the multiple: kept)
+    assert res["points"][1]["ranks"] == {"layers.0": 24, "layers.2": 16, "layers.4": 4}
+    assert all(p["macs_frac"] <= p["point"] for p in res["points"])
+    assert "Ranks in multiples of 8." in (out / "sweep.md").read_text()

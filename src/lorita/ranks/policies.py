@@ -10,14 +10,16 @@ Per-layer policies (the paper's one-shot modes, arXiv 2405.03089 §4 / official
   the layer's own spectrum (the official code's linear-layer branch ranks raw σ, a bug we do not
   repeat).
 
-Budget policies (over all targeted layers together):
+Budget policies (a cost fraction, over all targeted layers together — or per layer, for LayerBudget):
 
 * :class:`ParamBudget` — deployable weight params ``<= fraction`` of the dense ones.
 * :class:`MacBudget` — deployable MACs per sample ``<= fraction`` of the dense ones.
+* :class:`LayerBudget` — the same share in every layer: each targeted layer's deployable params
+  (and so its MACs) ``<= fraction`` of its own dense ones. Shape-driven, like :class:`RankRatio`.
 * :class:`~lorita.ranks.latency_budget.LatencyBudget` — *measured* latency of the deployed model
   ``<= fraction`` of the dense one (bisects MacBudget's fraction; :mod:`lorita.ranks.latency_budget`).
 
-Both drop singular values in order of normalized energy lost per unit of cost saved
+ParamBudget and MacBudget drop singular values in order of normalized energy lost per unit of cost saved
 (``(S_i² / Σ_j S_j²) / cost-per-rank``), a greedy knapsack that discards the least energy for the
 budget. A layer's deployable cost at rank ``r`` is ``min(r·(m + n), m·n)`` (times output positions
 for MACs): the split is used only where it is cheaper (:func:`lorita.to_low_rank`).
@@ -30,6 +32,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -50,6 +53,7 @@ __all__ = [
     "GlobalThreshold",
     "ParamBudget",
     "MacBudget",
+    "LayerBudget",
     "LatencyBudget",
     "RankPolicy",
     "LayerInfo",
@@ -176,7 +180,38 @@ class MacBudget:
             raise ValueError("MacBudget needs `example_inputs` (e.g. torch.zeros(1, 3, 32, 32))")
 
 
-RankPolicy = FixedRank | RankRatio | EnergyThreshold | GlobalThreshold | ParamBudget | MacBudget | LatencyBudget
+@dataclass(frozen=True)
+class LayerBudget:
+    """The same cost share in every layer: rank ``r = floor(fraction · m·n / (m + n))`` for an
+    ``(m, n)`` weight, the largest whose deployable params ``min(r·(m+n), m·n)`` are
+    ``<= fraction · m·n`` (full rank at ``fraction=1``; at least 1). MACs per layer are params
+    times output positions, so every layer — and the whole targeted set — keeps ``<= fraction``
+    of its MACs too, with no example inputs needed.
+
+    Where :class:`MacBudget` spends the budget where the spectra say (on random or flat spectra
+    it may keep a few wide layers dense and cut others to rank 1), this one gives every layer the
+    same share, so each low-rank pair is ``1/fraction`` times cheaper than its dense layer: a
+    predictable per-layer speed-up (``benchmarks/results/layer_budget.md``), at the cost of the
+    energy a spectrum-aware allocation would keep.
+
+    With ``select_ranks(..., multiple=k)`` ranks are rounded *down* to a multiple of ``k`` (the
+    budget still holds); a rank below ``k`` stays as computed.
+    """
+
+    fraction: float
+
+    def __post_init__(self) -> None:
+        _frac(self.fraction, "fraction")
+
+    def __call__(self, info: LayerInfo) -> int:
+        m, n = info.shape
+        if self.fraction >= 1.0:
+            return info.max_rank
+        return max(1, min(info.max_rank, math.floor(Fraction(self.fraction) * m * n / (m + n))))
+
+
+RankPolicy = (FixedRank | RankRatio | EnergyThreshold | GlobalThreshold | ParamBudget | MacBudget | LayerBudget
+              | LatencyBudget)
 _LAYER_POLICIES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold)
 
 
@@ -265,7 +300,8 @@ def select_ranks(
             :class:`LatencyBudget`) drop singular values in blocks, so every rank is a multiple of
             ``multiple`` or the layer's full ``min(m, n)`` and the budget still holds; per-layer
             policies' ranks are rounded *up* (:func:`round_rank`; the energy kept or rank asked for
-            still holds). Use the SIMD block of the kernels you deploy on — ONNX Runtime's blocked
+            still holds), :class:`LayerBudget`'s *down* (its per-layer budget still holds). Use the
+            SIMD block of the kernels you deploy on — ONNX Runtime's blocked
             (NCHWc) conv layout holds channels in blocks of 8 (AVX2) or 16 (AVX-512), so a rank of 11
             runs as 16 (measured: ``benchmarks/results/rank_multiple.md``). Default 1.
 
@@ -283,6 +319,10 @@ def select_ranks(
         infos = layer_infos(model, target_modules, exclude_modules)
         ranks = {i.name: round_rank(int(policy(i)), i.max_rank, multiple) for i in infos}
         return _warn_rank_one(infos, ranks, policy) if isinstance(policy, RankRatio | FixedRank) else ranks
+    if isinstance(policy, LayerBudget):  # rounded down: the per-layer budget still holds
+        infos = layer_infos(model, target_modules, exclude_modules)
+        ranks = {i.name: _round_down(int(policy(i)), multiple) for i in infos}
+        return _warn_rank_one(infos, ranks, policy)
     if isinstance(policy, ParamBudget):
         infos = layer_infos(model, target_modules, exclude_modules)
         return _budget_ranks(infos, policy.fraction, use_macs=False, multiple=multiple)
@@ -294,8 +334,13 @@ def select_ranks(
         return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True, multiple=multiple))
     raise TypeError(
         f"unknown rank policy {policy!r}; use FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, "
-        f"ParamBudget, MacBudget or LatencyBudget"
+        f"ParamBudget, MacBudget, LayerBudget or LatencyBudget"
     )
+
+
+def _round_down(rank: int, multiple: int) -> int:
+    """``rank`` rounded down to a multiple of ``multiple``; a rank below ``multiple`` is kept."""
+    return rank if rank < multiple else rank // multiple * multiple
 
 
 #: A layer that a shape-driven policy (:class:`RankRatio`, :class:`FixedRank`) cuts to rank 1 while
@@ -342,6 +387,7 @@ POLICY_KINDS: Mapping[str, PolicyKind] = {
     "global": PolicyKind(GlobalThreshold, "rel_sigma", float, "GlobalThreshold(rel_sigma in [0, 1])"),
     "params": PolicyKind(ParamBudget, "fraction", float, "ParamBudget(fraction in (0, 1])"),
     "macs": PolicyKind(MacBudget, "fraction", float, "MacBudget(fraction in (0, 1]; needs example inputs)"),
+    "layer": PolicyKind(LayerBudget, "fraction", float, "LayerBudget(fraction of each layer's cost in (0, 1])"),
     "rank": PolicyKind(FixedRank, "rank", int, "FixedRank(rank: int)"),
     "latency": PolicyKind(
         LatencyBudget, "fraction", float, "LatencyBudget(fraction of dense latency in (0, 1]; needs example inputs)"
@@ -364,7 +410,7 @@ def policy_string(policy: RankPolicy) -> str:
 
 def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
-    ``params:0.05``, ``macs:0.1``, ``latency:0.5`` (``macs``/``latency`` need ``example_inputs``);
+    ``params:0.05``, ``macs:0.1``, ``layer:0.2``, ``latency:0.5`` (``macs``/``latency`` need ``example_inputs``);
     see :data:`POLICY_KINDS`.
 
     Raises:

@@ -41,6 +41,7 @@ from lorita.ranks.policies import (
     EnergyThreshold,
     FixedRank,
     GlobalThreshold,
+    LayerBudget,
     MacBudget,
     ParamBudget,
     RankPolicy,
@@ -54,7 +55,7 @@ __all__ = ["GreedySearch", "SearchResult", "BatchEvaluator", "search", "svd_of_p
 logger = logging.getLogger(__name__)
 
 _CRITERIA = ("loss", "loss_per_cost")
-_POLICY_TYPES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, ParamBudget, MacBudget)
+_POLICY_TYPES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, ParamBudget, MacBudget, LayerBudget)
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
 
 

@@ -80,7 +80,8 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"# Sweep `{result['policy']}` — depth {result['depth']}, weight decay {result['weight_decay']:g}",
         "",
-        f"Run: `{result['run']}`. MACs per sample. Test accuracy is reported, never used for selection.",
+        f"Run: `{result['run']}`. MACs per sample. Test accuracy is reported, never used for selection."
+        + (f" Ranks in multiples of {result['rank_multiple']}." if result.get("rank_multiple") else ""),
         "",
         _HEAD,
         _row(result["dense"]),

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from lorita import io
 from lorita._files import write_json
-from lorita.ranks.policies import parse_policy, select_ranks
+from lorita.ranks.policies import check_multiple, parse_policy, select_ranks
 from lorita.ranks.search import GreedySearch
 from lorita.runs.bench import latency_ratio
 from lorita.runs.compress import run_search
@@ -33,6 +33,7 @@ DEFAULT_POINTS: dict[str, list[float]] = {
     "global": [0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.0],
     "params": [0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5],
     "macs": [0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5],
+    "layer": [0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7],
 }
 
 
@@ -48,6 +49,7 @@ def sweep_run(
     device: str = "cpu",
     eval_batch_size: int = EVAL_BATCH_SIZE,
     latency_batch: int | None = None,
+    multiple: int = 1,
 ) -> dict[str, Any]:
     """Accuracy vs cost for many points of one policy kind from one trained model.
 
@@ -56,13 +58,19 @@ def sweep_run(
     Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``out_dir``. ``eval_batch_size``:
     images per evaluation forward pass. With ``latency_batch``,
     every point also gets ``latency_ratio``: measured dense time / its time (eager, 1 thread, that
-    batch; :func:`lorita.runs.bench.latency_ratio`).
+    batch; :func:`lorita.runs.bench.latency_ratio`). ``multiple``: rank granularity of every point
+    (``select_ranks(..., multiple=)``; e.g. 8 for ONNX Runtime on AVX2); points it makes infeasible are
+    skipped with a warning.
+
+    Raises:
+        ValueError: unknown ``policy_kind``, no points, a bad ``latency_batch`` or ``multiple``.
     """
     if policy_kind not in DEFAULT_POINTS and policy_kind != "rank":
         raise ValueError(f"unknown policy kind {policy_kind!r}; choose one of {sorted(DEFAULT_POINTS) + ['rank']}")
     if latency_batch is not None and (isinstance(latency_batch, bool) or not isinstance(latency_batch, int)
                                       or latency_batch < 1):
         raise ValueError(f"`latency_batch` must be an int >= 1, got {latency_batch!r}")
+    check_multiple(multiple)
     pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
     if not pts:
         raise ValueError(f"give `points` for policy {policy_kind!r}")
@@ -75,7 +83,7 @@ def sweep_run(
         text = f"{policy_kind}:{int(p) if policy_kind == 'rank' else p}"
         pol = parse_policy(text, example_inputs=run.example_inputs)
         try:
-            ranks = select_ranks(run.dense, pol, *run.targets)
+            ranks = select_ranks(run.dense, pol, *run.targets, multiple=multiple)
         except ValueError as exc:  # an infeasible budget is a point we cannot reach, not a crash
             logger.warning("sweep: %s skipped: %s", text, exc)
             continue
@@ -87,10 +95,12 @@ def sweep_run(
         rows.append(row)
     result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
               "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows,
-              "requested_points": [float(p) for p in pts]}  # infeasible ones are skipped in "points"
+              "requested_points": [float(p) for p in pts],  # infeasible ones are skipped in "points"
+              **({} if multiple == 1 else {"rank_multiple": multiple})}
     series, labels = [result], [f"depth {run.cfg.depth}"]
     if search_tolerances:
-        result["search_points"] = search_points(run, search_tolerances, progress=progress)
+        result["search_points"] = search_points(run, search_tolerances, GreedySearch(multiple=multiple),
+                                                progress=progress)
         series.append({"dense": dense_row, "points": result["search_points"]})
         labels = [f"depth {run.cfg.depth}, {policy_kind}", f"depth {run.cfg.depth}, greedy search"]
     write_json(out / RunFolder.SWEEP, result)
