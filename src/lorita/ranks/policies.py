@@ -195,7 +195,11 @@ class LayerBudget:
     energy a spectrum-aware allocation would keep.
 
     With ``select_ranks(..., multiple=k)`` ranks are rounded *down* to a multiple of ``k`` (the
-    budget still holds); a rank below ``k`` stays as computed.
+    budget still holds); a rank below ``k`` stays as computed. Ours (the paper's policies are
+    :class:`RankRatio`, :class:`GlobalThreshold` and its budget search, arXiv 2405.03089 §4).
+
+    Raises:
+        ValueError / TypeError: ``fraction`` not a number in (0, 1].
     """
 
     fraction: float
@@ -343,8 +347,8 @@ def _round_down(rank: int, multiple: int) -> int:
     return rank if rank < multiple else rank // multiple * multiple
 
 
-#: A layer that a shape-driven policy (:class:`RankRatio`, :class:`FixedRank`) cuts to rank 1 while
-#: keeping less than this share of its energy ``Σ S²`` is logged (``logging.WARNING``): typically a
+#: A layer that a shape-driven policy (:class:`RankRatio`, :class:`FixedRank`, :class:`LayerBudget`)
+#: cuts to rank 1 while keeping less than this share of its energy ``Σ S²`` is logged (``logging.WARNING``): typically a
 #: small classifier head under a uniform ratio (``ratio:0.1`` on a 10-class head), where rank 1
 #: collapses the logits onto one direction. Budget policies choose rank 1 from the spectra on
 #: purpose and are not warned about.
