@@ -208,7 +208,8 @@ def _add_search_args(c: argparse.ArgumentParser) -> None:
                    help="warm start from a one-shot policy's ranks, e.g. energy:0.9999 (default: full rank)")
     g.add_argument("--multiple", type=int, default=None,
                    help="rank granularity, default 1. Search: ranks rounded down to a multiple of this. "
-                        "--policy: budgets drop singular values in blocks of it, per-layer policies round up "
+                        "--policy: budgets drop singular values in blocks of it, per-layer policies round up, "
+                        "layer:F rounds down "
                         "(8 suits ONNX Runtime's channel blocks on AVX2, 16 on AVX-512)")
     g.add_argument("--criterion", choices=["loss", "loss_per_cost"], default=None,
                    help="pick the reduction with the lowest val loss, or loss increase per MAC saved (default: loss)")
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency", action="store_true",
                    help="also measure each point's latency ratio vs dense (eager, 1 thread)")
     s.add_argument("--latency-batch", type=int, default=1, help="batch size for --latency")
+    s.add_argument("--exclude-modules", type=_targets, default=None,
+                   help="layers to keep dense at every point (regex or comma list; default: the run's own exclusions)")
     s.add_argument("--multiple", type=int, default=1,
                    help="rank granularity of every point (e.g. 8: ONNX Runtime's conv blocks on AVX2)")
     s.add_argument("--search-tolerances", type=_floats, default=None,

@@ -169,7 +169,8 @@ def cmd_sweep(args: Args) -> int:
     res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
                     progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device,
                     eval_batch_size=args.eval_batch_size,
-                    latency_batch=args.latency_batch if args.latency else None, multiple=args.multiple)
+                    latency_batch=args.latency_batch if args.latency else None, multiple=args.multiple,
+                    exclude_modules=args.exclude_modules)
     print((Path(out) / RunFolder.SWEEP_MD).read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0

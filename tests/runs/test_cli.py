@@ -308,3 +308,8 @@ def test_sweep_layer_budget_with_a_multiple(trained, tmp_path):
     assert res["points"][1]["ranks"] == {"layers.0": 24, "layers.2": 16, "layers.4": 4}
     assert all(p["macs_frac"] <= p["point"] for p in res["points"])
     assert "Ranks in multiples of 8." in (out / "sweep.md").read_text()
+    # the head kept dense at every point
+    assert main(["--no-progress", "sweep", str(trained), "--policy", "layer", "--points", "0.5",
+                 "--multiple", "8", "--exclude-modules", "layers.4", "--out", str(tmp_path / "sx")]) == 0
+    res = json.loads((tmp_path / "sx" / "sweep.json").read_text())
+    assert res["points"][0]["ranks"] == {"layers.0": 24, "layers.2": 16}

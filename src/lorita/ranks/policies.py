@@ -366,7 +366,7 @@ def _warn_rank_one(infos: list[LayerInfo], ranks: dict[str, int], policy: Any) -
             m, n = info.shape
             logger.warning(
                 "`%s` (%d×%d, max rank %d) gets rank 1 under %r, keeping %.1f%% of its energy — exclude it "
-                "(`exclude_modules=%s`) or use a larger ratio/rank", info.name, m, n, info.max_rank, policy,
+                "(`exclude_modules='%s'`) or use a larger ratio/rank", info.name, m, n, info.max_rank, policy,
                 100 * kept, info.name,
             )
     return ranks

@@ -50,6 +50,7 @@ def sweep_run(
     eval_batch_size: int = EVAL_BATCH_SIZE,
     latency_batch: int | None = None,
     multiple: int = 1,
+    exclude_modules: Any = None,
 ) -> dict[str, Any]:
     """Accuracy vs cost for many points of one policy kind from one trained model.
 
@@ -60,7 +61,8 @@ def sweep_run(
     every point also gets ``latency_ratio``: measured dense time / its time (eager, 1 thread, that
     batch; :func:`lorita.runs.bench.latency_ratio`). ``multiple``: rank granularity of every point
     (``select_ranks(..., multiple=)``; e.g. 8 for ONNX Runtime on AVX2); points it makes infeasible are
-    skipped with a warning.
+    skipped with a warning. ``exclude_modules``: layers to keep dense at every point (regex or
+    names; default: the run's own exclusions), e.g. a small classifier head under ``layer:F``.
 
     Raises:
         ValueError: unknown ``policy_kind``, no points, a bad ``latency_batch`` or ``multiple``.
@@ -77,13 +79,15 @@ def sweep_run(
     run = run or load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    target, exclude = run.targets
+    exclude = exclude_modules if exclude_modules is not None else exclude
     dense_row, _ = evaluate_point(run, None, "dense")
     rows = []
     for p in tqdm(pts, desc=f"sweep {policy_kind}", disable=not progress, leave=False):
         text = f"{policy_kind}:{int(p) if policy_kind == 'rank' else p}"
         pol = parse_policy(text, example_inputs=run.example_inputs)
         try:
-            ranks = select_ranks(run.dense, pol, *run.targets, multiple=multiple)
+            ranks = select_ranks(run.dense, pol, target, exclude, multiple=multiple)
         except ValueError as exc:  # an infeasible budget is a point we cannot reach, not a crash
             logger.warning("sweep: %s skipped: %s", text, exc)
             continue
@@ -100,7 +104,7 @@ def sweep_run(
     series, labels = [result], [f"depth {run.cfg.depth}"]
     if search_tolerances:
         result["search_points"] = search_points(run, search_tolerances, GreedySearch(multiple=multiple),
-                                                progress=progress)
+                                                progress=progress, exclude_modules=exclude)
         series.append({"dense": dense_row, "points": result["search_points"]})
         labels = [f"depth {run.cfg.depth}, {policy_kind}", f"depth {run.cfg.depth}, greedy search"]
     write_json(out / RunFolder.SWEEP, result)
@@ -118,12 +122,14 @@ def search_points(
     tolerances: Sequence[float],
     base: GreedySearch | None = None,
     progress: bool = True,
+    exclude_modules: Any = None,
 ) -> list[dict[str, Any]]:
     """Searched points for ``lorita sweep``: one greedy search per tolerance (points), as rows."""
     base = base or GreedySearch()
     rows = []
     for tol in tolerances:
-        res = run_search(run, dataclasses.replace(base, tolerance=float(tol)), progress=progress)
+        res = run_search(run, dataclasses.replace(base, tolerance=float(tol)), exclude_modules=exclude_modules,
+                         progress=progress)
         row = model_row(run, res.model, f"search:{tol:g}", res.ranks)
         row["point"] = float(tol)
         rows.append(row)
