@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 import torch
+from rank_multiple import bar_figure
 
 import lorita
-from lorita.io import atomic_path, atomic_write_text
+from lorita.io import atomic_write_text
 from lorita.models import DEFAULT_CFGS, build_model, default_targets
 from lorita.ranks.policies import layer_infos
 from lorita.timing import BenchmarkTimer
@@ -99,29 +100,12 @@ def main() -> None:
     md += [f"| {r['model']} | {r['budget']:g} | {r['batch']} | {r['policy']} | {r['mac_ratio']:.2f} | "
            f"{r['latency_ratio']:.2f} | {r['realized']:.2f} | {r['energy_kept']:.3f} |" for r in rows]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = sorted({(r["model"], r["budget"], r["batch"]) for r in rows}, key=lambda k: (k[0], k[1], -k[2]))
-    fig, ax = plt.subplots(figsize=(max(7, 0.7 * len(keys)), 4))
-    for i, pol in enumerate(POLICIES):
-        vals = [next((r["realized"] for r in rows if (r["model"], r["budget"], r["batch"]) == k and r["policy"] == pol),
-                     0.0) for k in keys]
-        ax.bar([j + 0.4 * i for j in range(len(keys))], vals, width=0.4, label={"macs": "MacBudget",
-                                                                                "layer": "LayerBudget"}[pol])
-    ax.set_xticks([j + 0.2 for j in range(len(keys))], [f"{m}\n{b:g}, b{bt}" for m, b, bt in keys], fontsize=7)
-    ax.axhline(0.7, color="k", ls=":", lw=1)
-    ax.axhline(0.5, color="k", ls=":", lw=1)
-    ax.set_ylabel("realized (latency ratio / MAC ratio)")
-    ax.set_title(f"{args.runtime}, 1 thread, multiple {args.multiple}")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(out.with_suffix(".png"), suffix=".tmp.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
+    series = {name: [next((r["realized"] for r in rows if (r["model"], r["budget"], r["batch"]) == k
+                           and r["policy"] == pol), 0.0) for k in keys]
+              for pol, name in (("macs", "MacBudget"), ("layer", "LayerBudget"))}
+    bar_figure(out.with_suffix(".png"), [f"{m}\n{b:g}, b{bt}" for m, b, bt in keys], series,
+               f"{args.runtime}, 1 thread, multiple {args.multiple}", hlines=(0.7, 0.5), fontsize=7)
 
 if __name__ == "__main__":
     main()

@@ -75,27 +75,36 @@ def main() -> None:
     md += [f"| {r['model']} | {r['batch']} | {r['multiple']} | {r['mac_ratio']:.2f} | {r['latency_ratio']:.2f} | "
            f"{r['realized']:.2f} |" for r in rows]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    keys = [(r["model"], r["batch"]) for r in rows if r["multiple"] == 1]
+    series = {f"multiple={k}": [next(r["realized"] for r in rows if (r["model"], r["batch"]) == key
+                                     and r["multiple"] == k) for key in keys] for k in (1, 8)}
+    bar_figure(out.with_suffix(".png"), [f"{m}\nbatch {b}" for m, b in keys], series,
+               f"MacBudget({args.budget}), {args.runtime}, 1 thread")
+
+
+def bar_figure(path: Path, labels: list[str], series: dict[str, list[float]], title: str,
+               hlines: tuple[float, ...] = (0.7,), fontsize: int | None = None) -> None:
+    """Grouped bars of realized fractions (one group per label, one bar per series), written
+    atomically as a PNG; dotted lines at ``hlines`` (the issue's targets)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    keys = [(r["model"], r["batch"]) for r in rows if r["multiple"] == 1]
-    for i, k in enumerate((1, 8)):
-        vals = [next(r["realized"] for r in rows if (r["model"], r["batch"]) == key and r["multiple"] == k)
-                for key in keys]
-        ax.bar([j + 0.4 * i for j in range(len(keys))], vals, width=0.4, label=f"multiple={k}")
-    ax.set_xticks([j + 0.2 for j in range(len(keys))], [f"{m}\nbatch {b}" for m, b in keys])
-    ax.axhline(0.7, color="k", ls=":", lw=1)
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(7, 0.7 * len(labels)), 4))
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar([j + width * i for j in range(len(labels))], vals, width=width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels, fontsize=fontsize)
+    for h in hlines:
+        ax.axhline(h, color="k", ls=":", lw=1)
     ax.set_ylabel("realized (latency ratio / MAC ratio)")
-    ax.set_title(f"MacBudget({args.budget}), {args.runtime}, 1 thread")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(out.with_suffix(".png"), suffix=".tmp.png") as tmp:
+    with atomic_path(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
 
 if __name__ == "__main__":
     main()
