@@ -313,3 +313,10 @@ def test_sweep_layer_budget_with_a_multiple(trained, tmp_path):
                  "--multiple", "8", "--exclude-modules", "layers.4", "--out", str(tmp_path / "sx")]) == 0
     res = json.loads((tmp_path / "sx" / "sweep.json").read_text())
     assert res["points"][0]["ranks"] == {"layers.0": 24, "layers.2": 16}
+
+
+def test_sweep_bad_point_names_points_before_loading(tmp_path, capsys):
+    # the run folder does not exist: the point is checked first
+    assert main(["sweep", str(tmp_path / "nope"), "--policy", "layer", "--points", "0.5,1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--points: 1.5 is not a valid layer value" in err and "must be in (0, 1]" in err

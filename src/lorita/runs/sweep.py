@@ -76,6 +76,11 @@ def sweep_run(
     pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
     if not pts:
         raise ValueError(f"give `points` for policy {policy_kind!r}")
+    for p in pts:  # every point checked before the run is loaded
+        try:
+            parse_policy(_point_text(policy_kind, p), example_inputs=torch.zeros(1))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"`points`: {p!r} is not a valid {policy_kind} value ({exc})") from None
     run = run or load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +89,7 @@ def sweep_run(
     dense_row, _ = evaluate_point(run, None, "dense")
     rows = []
     for p in tqdm(pts, desc=f"sweep {policy_kind}", disable=not progress, leave=False):
-        text = f"{policy_kind}:{int(p) if policy_kind == 'rank' else p}"
+        text = _point_text(policy_kind, p)
         pol = parse_policy(text, example_inputs=run.example_inputs)
         try:
             ranks = select_ranks(run.dense, pol, target, exclude, multiple=multiple)
@@ -115,6 +120,10 @@ def sweep_run(
     io.atomic_write_text(out / RunFolder.SWEEP_MD, md)
     plot_sweeps(series, out / RunFolder.SWEEP_PNG, labels=labels)
     return result
+
+
+def _point_text(kind: str, point: float) -> str:
+    return f"{kind}:{int(point) if kind == 'rank' else point}"
 
 
 def search_points(
