@@ -50,3 +50,16 @@ def test_latency_budget_bad_input_is_one_clear_line():
         lorita.LatencyBudget(0.5, X, runtime="gpu")
     with pytest.raises(ValueError, match=r"`fraction`=0.01 not met: the fastest model tried"):
         lorita.select_ranks(_mlp(), lorita.LatencyBudget(0.01, X, timer=FakeTimer(), steps=4))
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_latency_budget_with_layer_allocation_meets_its_budget(fraction):
+    model = _mlp()
+    pol = lorita.LatencyBudget(fraction, example_inputs=X, timer=FakeTimer(), steps=8, allocation="layer")
+    ranks = lorita.select_ranks(model, pol)
+    got = _fraction(model, ranks)
+    assert fraction - 0.1 < got <= fraction
+    # the ranks are LayerBudget's at one of the bisection's fractions (k / 2^8 after 8 steps)
+    assert any(lorita.select_ranks(model, lorita.LayerBudget(k / 256)) == ranks for k in range(1, 256))
+    with pytest.raises(ValueError, match=r"`allocation`='energy' is not one of 'macs', 'layer'"):
+        lorita.LatencyBudget(0.5, X, allocation="energy")

@@ -6,7 +6,10 @@ greedy ranks), deploys each candidate with :func:`lorita.to_low_rank` (``split="
 default, so only splits that measure faster are made) and times it against the dense model with
 :func:`lorita.compare_latency` (interleaved rounds, one process). It keeps the largest ``f`` —
 the most singular values, so the least truncation error — whose measured latency meets the budget.
-Assumes latency grows with the MAC fraction (true up to noise); each step is logged.
+With ``allocation="layer"`` it bisects :class:`~lorita.ranks.LayerBudget`'s fraction instead (the
+same share in every layer, blind to the spectra; on wide CNNs its MAC cut turns into more speed:
+``benchmarks/results/layer_budget.md``). Assumes latency grows with the fraction (true up to
+noise); each step is logged.
 """
 
 from __future__ import annotations
@@ -40,10 +43,13 @@ class LatencyBudget:
         steps: bisection steps over the MAC fraction (each deploys and times one model).
         rounds: interleaved timing rounds per step.
         timer: injectable ``timer(fn, module, inputs) -> seconds`` (:mod:`lorita.timing`).
+        allocation: how a fraction ``f`` becomes ranks: ``"macs"`` (:class:`MacBudget`'s
+            energy-per-MAC greedy, the default) or ``"layer"`` (:class:`LayerBudget`: ``f`` of
+            every layer).
 
     Raises:
         ValueError: ``fraction`` outside (0, 1], missing ``example_inputs``, bad ``runtime``,
-            ``split``, ``threads``, ``steps`` or ``rounds``.
+            ``split``, ``threads``, ``steps``, ``rounds`` or ``allocation``.
     """
 
     fraction: float
@@ -54,6 +60,7 @@ class LatencyBudget:
     steps: int = 6
     rounds: int = 3
     timer: Any = field(default=None, compare=False, repr=False)
+    allocation: str = "macs"
 
     def __post_init__(self) -> None:
         f = self.fraction
@@ -66,6 +73,8 @@ class LatencyBudget:
         timing.check_threads(self.threads)
         if self.split not in ("macs", "latency"):
             raise ValueError(f"`split`={self.split!r} is not one of 'macs', 'latency'")
+        if self.allocation not in ("macs", "layer"):
+            raise ValueError(f"`allocation`={self.allocation!r} is not one of 'macs', 'layer'")
         for name in ("steps", "rounds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -81,8 +90,9 @@ class LatencyBudget:
         return 1.0 / cmp.speedup["deployed"]
 
     def choose(self, model: nn.Module, ranks_at: Callable[[float], dict[str, int]]) -> dict[str, int]:
-        """Bisect the MAC fraction ``f`` in (0, 1]; ``ranks_at(f)`` gives :class:`MacBudget`'s ranks
-        (ValueError when ``f`` is below the rank-1 floor). Called by :func:`lorita.select_ranks`.
+        """Bisect the fraction ``f`` in (0, 1]; ``ranks_at(f)`` gives :class:`MacBudget`'s (or, with
+        ``allocation="layer"``, :class:`LayerBudget`'s) ranks (ValueError when ``f`` is below the
+        rank-1 floor). Called by :func:`lorita.select_ranks`.
 
         Raises:
             ValueError: no MAC fraction tried meets the budget (names the best measured fraction).

@@ -333,7 +333,10 @@ def select_ranks(
     if isinstance(policy, MacBudget):
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
         return _budget_ranks(infos, policy.fraction, use_macs=True, multiple=multiple)
-    if isinstance(policy, LatencyBudget):  # bisects MacBudget's fraction against measured latency
+    if isinstance(policy, LatencyBudget):  # bisects MacBudget's (or LayerBudget's) fraction against latency
+        if policy.allocation == "layer":
+            infos = layer_infos(model, target_modules, exclude_modules)
+            return policy.choose(model, lambda f: {i.name: _round_down(LayerBudget(f)(i), multiple) for i in infos})
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
         return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True, multiple=multiple))
     raise TypeError(
