@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="accuracy vs cost over many policy points (JSON + Markdown + PNG)", **kw)
     s.add_argument("run", help="folder written by `lorita train`")
-    s.add_argument("--policy", default="energy", choices=list(POLICY_KINDS), help="policy kind to sweep")
+    s.add_argument("--policy", default="energy", choices=[k for k in POLICY_KINDS if k != "latency"],
+                   help="policy kind to sweep (a measured latency budget is one model, not a sweep)")
     s.add_argument("--points", type=_floats, default=None, help="comma-separated policy values")
     s.add_argument("--out", default=None, help="output folder (default: RUN/sweep-POLICY)")
     s.add_argument("--data-dir", default=None, help="override the run's data folder")

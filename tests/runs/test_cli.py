@@ -320,3 +320,6 @@ def test_sweep_bad_point_names_points_before_loading(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope"), "--policy", "layer", "--points", "0.5,1.5"]) == 2
     err = capsys.readouterr().err
     assert "--points: 1.5 is not a valid layer value" in err and "must be in (0, 1]" in err
+    # a measured latency budget is not a sweep kind: refused by the parser, one line
+    assert main(["sweep", str(tmp_path / "nope"), "--policy", "latency", "--points", "0.5"]) == 2
+    assert "invalid choice: 'latency'" in capsys.readouterr().err
