@@ -92,6 +92,16 @@ def round_rank(rank: int, max_rank: int, multiple: int) -> int:
     return min(max_rank, -(-rank // multiple) * multiple)
 
 
+def round_rank_down(rank: int, multiple: int) -> int:
+    """``rank`` rounded *down* to a multiple of ``multiple`` (what :class:`~lorita.ranks.LayerBudget`'s
+    ranks become: its per-layer budget still holds); a rank below ``multiple`` is kept, since 0 is
+    not a rank.
+
+    Example: ``round_rank_down(29, 8) == 24``; ``round_rank_down(4, 8) == 4``.
+    """
+    return rank if rank < multiple else rank // multiple * multiple
+
+
 def check_multiple(multiple: Any) -> int:
     """``multiple`` as an int >= 1, or ValueError naming it."""
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:

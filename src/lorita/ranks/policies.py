@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from lorita import linalg
 from lorita.layers.attention import FactorizedMultiheadAttention
 from lorita.ranks._budget import budget_ranks as _budget_ranks
-from lorita.ranks._budget import check_multiple, deployable_cost, round_rank
+from lorita.ranks._budget import check_multiple, deployable_cost, round_rank, round_rank_down
 from lorita.ranks.latency_budget import LatencyBudget
 from lorita.surgery import effective_weight, weight_layers
 from lorita.targeting import Targets
@@ -325,7 +325,7 @@ def select_ranks(
         return _warn_rank_one(infos, ranks, policy) if isinstance(policy, RankRatio | FixedRank) else ranks
     if isinstance(policy, LayerBudget):  # rounded down: the per-layer budget still holds
         infos = layer_infos(model, target_modules, exclude_modules)
-        ranks = {i.name: _round_down(int(policy(i)), multiple) for i in infos}
+        ranks = _layer_budget_ranks(infos, policy, multiple)
         return _warn_rank_one(infos, ranks, policy)
     if isinstance(policy, ParamBudget):
         infos = layer_infos(model, target_modules, exclude_modules)
@@ -336,7 +336,7 @@ def select_ranks(
     if isinstance(policy, LatencyBudget):  # bisects MacBudget's (or LayerBudget's) fraction against latency
         if policy.allocation == "layer":
             infos = layer_infos(model, target_modules, exclude_modules)
-            return policy.choose(model, lambda f: {i.name: _round_down(LayerBudget(f)(i), multiple) for i in infos})
+            return policy.choose(model, lambda f: _layer_budget_ranks(infos, LayerBudget(f), multiple))
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
         return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True, multiple=multiple))
     raise TypeError(
@@ -345,9 +345,9 @@ def select_ranks(
     )
 
 
-def _round_down(rank: int, multiple: int) -> int:
-    """``rank`` rounded down to a multiple of ``multiple``; a rank below ``multiple`` is kept."""
-    return rank if rank < multiple else rank // multiple * multiple
+def _layer_budget_ranks(infos: list[LayerInfo], policy: LayerBudget, multiple: int) -> dict[str, int]:
+    """:class:`LayerBudget`'s ranks, rounded down to ``multiple`` (its per-layer budget still holds)."""
+    return {i.name: round_rank_down(policy(i), multiple) for i in infos}
 
 
 #: A layer that a shape-driven policy (:class:`RankRatio`, :class:`FixedRank`, :class:`LayerBudget`)

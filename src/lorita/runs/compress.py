@@ -109,7 +109,7 @@ def compress(
     else:
         low, rank_map, decisions = _policy_model(run, ranks, exclude_modules, finetune, progress, split, split_batch,
                                                  multiple)
-        meta, ft_cfg, result = {"policy": ranks, **_multiple_meta(multiple)}, finetune, None
+        meta, ft_cfg, result = {"policy": ranks, **multiple_meta(multiple)}, finetune, None
         label = ranks + ("" if multiple == 1 else f", ranks in multiples of {multiple}")
     if ft_cfg is not None:
         label += " + fine-tune" + (" + distill" if ft_cfg.distill is not None else "")
@@ -127,7 +127,7 @@ def compress(
     report: dict[str, Any] = {
         "run": str(run_dir),
         "policy": "search:greedy" if searching else ranks,
-        **_multiple_meta(multiple),
+        **multiple_meta(multiple),
         "dense": dense_row,
         "low_rank": low_row,
         "layers": layers.to_dict(),
@@ -160,7 +160,8 @@ def _refuse_overwrite(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _multiple_meta(multiple: int) -> dict[str, int]:
+def multiple_meta(multiple: int) -> dict[str, int]:
+    """The report's ``rank_multiple`` entry (absent for the default 1); shared by compress and sweep."""
     return {} if multiple == 1 else {"rank_multiple": multiple}
 
 

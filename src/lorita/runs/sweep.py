@@ -18,7 +18,7 @@ from lorita._files import write_json
 from lorita.ranks.policies import check_multiple, parse_policy, select_ranks
 from lorita.ranks.search import GreedySearch
 from lorita.runs.bench import latency_ratio
-from lorita.runs.compress import run_search
+from lorita.runs.compress import multiple_meta, run_search
 from lorita.runs.folder import EVAL_BATCH_SIZE, LoadedRun, RunFolder, evaluate_point, load_run, model_row
 from lorita.runs.markdown import sweep_markdown
 from lorita.runs.plots import plot_sweeps
@@ -105,7 +105,7 @@ def sweep_run(
     result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
               "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows,
               "requested_points": [float(p) for p in pts],  # infeasible ones are skipped in "points"
-              **({} if multiple == 1 else {"rank_multiple": multiple})}
+              **multiple_meta(multiple)}
     series, labels = [result], [f"depth {run.cfg.depth}"]
     if search_tolerances:
         result["search_points"] = search_points(run, search_tolerances, GreedySearch(multiple=multiple),
