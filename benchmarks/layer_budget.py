@@ -27,10 +27,16 @@ from rank_multiple import bar_figure
 import lorita
 from lorita.io import atomic_write_text
 from lorita.models import DEFAULT_CFGS, build_model, default_targets
-from lorita.ranks.policies import layer_infos
+from lorita.ranks.policies import layer_infos, parse_policy
 from lorita.timing import BenchmarkTimer
 
-POLICIES = ("macs", "layer")
+POLICIES = ("macs:{f}", "layer:{f}")  # templates, {f} = the budget
+NAMES = {"macs": "MacBudget", "layer": "LayerBudget"}
+
+
+def _name(template: str) -> str:
+    """``"macs:{f},cap=0.5"`` -> ``"macs,cap=0.5"`` (the row's policy label)."""
+    return template.replace(":{f}", "")
 
 
 def _energy_kept(infos, ranks) -> float:
@@ -38,16 +44,17 @@ def _energy_kept(infos, ranks) -> float:
     return kept / sum(float((i.S.double() ** 2).sum()) for i in infos)
 
 
-def run(name: str, budget: float, batches: list[int], runtime: str, rounds: int, multiple: int) -> list[dict]:
+def run(name: str, budget: float, batches: list[int], runtime: str, rounds: int, multiple: int,
+        policies: tuple[str, ...] = POLICIES) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(name).eval()
     targets, exclude = default_targets(name)
     x1 = torch.zeros(1, *DEFAULT_CFGS[name]["input_shape"])
     dense_macs = lorita.count_macs(model, x1).total_macs
     infos = layer_infos(model, targets, exclude)
-    pols = {"macs": lorita.MacBudget(budget, x1), "layer": lorita.LayerBudget(budget)}
+    pols = {_name(t): parse_policy(t.format(f=budget), example_inputs=x1) for t in policies}
     models, ranks = {"dense": model}, {}
-    for k in POLICIES:
+    for k in pols:
         try:
             ranks[k] = lorita.select_ranks(model, pols[k], targets, exclude, multiple=multiple)
         except ValueError as exc:  # an infeasible budget at this multiple
@@ -77,6 +84,8 @@ def main() -> None:
     p.add_argument("--runtime", default="onnxruntime")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--multiple", type=int, default=8)
+    p.add_argument("--policies", nargs="+", default=list(POLICIES),
+                   help="policy templates, {f} = the budget, e.g. 'macs:{f},cap=0.5'")
     p.add_argument("--out", default="benchmarks/results/layer_budget")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -84,13 +93,15 @@ def main() -> None:
     rows = []
     for m in args.models:
         for b in args.budgets:
-            rows += run(m, b, args.batches, args.runtime, args.rounds, args.multiple)
+            rows += run(m, b, args.batches, args.runtime, args.rounds, args.multiple, tuple(args.policies))
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": 1, "args": vars(args), "seconds": round(time.perf_counter() - t0)}
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1))
-    md = ["# LayerBudget vs MacBudget, side by side (one process)", "",
+    labels = [_name(t) for t in args.policies]
+    title = " vs ".join(NAMES.get(k, k) for k in labels)
+    md = [f"# {title}, side by side (one process)", "",
           f"Random weights, default targets, ranks in multiples of {args.multiple}, `split=\"macs\"`, {args.runtime}, "
           f"1 thread, {args.rounds} interleaved rounds (median of per-round ratios vs dense), torch "
           f"{torch.__version__}, {meta['seconds']} s. Ratios only. Energy kept: share of the targeted layers' "
@@ -103,7 +114,7 @@ def main() -> None:
     keys = sorted({(r["model"], r["budget"], r["batch"]) for r in rows}, key=lambda k: (k[0], k[1], -k[2]))
     series = {name: [next((r["realized"] for r in rows if (r["model"], r["budget"], r["batch"]) == k
                            and r["policy"] == pol), 0.0) for k in keys]
-              for pol, name in (("macs", "MacBudget"), ("layer", "LayerBudget"))}
+              for pol, name in ((k, NAMES.get(k, k)) for k in labels)}
     bar_figure(out.with_suffix(".png"), [f"{m}\n{b:g}, b{bt}" for m, b, bt in keys], series,
                f"{args.runtime}, 1 thread, multiple {args.multiple}", hlines=(0.7, 0.5), fontsize=7)
 

@@ -35,7 +35,7 @@ from lorita.timing import BenchmarkTimer
 
 
 def run_one(run_dir: str, head: str, budgets: list[float], multiple: int, ft_epochs: int, batch: int,
-            rounds: int) -> list[dict]:
+            rounds: int, policies: list[str]) -> list[dict]:
     run = load_run(run_dir, None)
     target, _ = run.targets
     dense_row = model_row(run, run.dense, "dense", None)
@@ -44,8 +44,9 @@ def run_one(run_dir: str, head: str, budgets: list[float], multiple: int, ft_epo
     rows = [{"run": run_dir, "policy": "dense", "budget": 1.0, "val": dense_row["val_acc"],
              "test": dense_row["test_acc"], "macs_frac": 1.0}]
     for f in budgets:
-        for kind in ("macs", "layer"):
-            pol = parse_policy(f"{kind}:{f}", example_inputs=run.example_inputs)
+        for template in policies:
+            kind = template.replace(":{f}", "")
+            pol = parse_policy(template.format(f=f), example_inputs=run.example_inputs)
             try:
                 ranks = lorita.select_ranks(run.dense, pol, target, head, multiple=multiple)
             except ValueError as exc:
@@ -82,6 +83,8 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--policies", nargs="+", default=["macs:{f}", "layer:{f}"],
+                   help="policy templates, {f} = the budget, e.g. 'macs:{f},cap=0.5'")
     p.add_argument("--out", default="benchmarks/results/layer_budget_trained")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -89,15 +92,18 @@ def main() -> None:
     rows = []
     for spec in args.runs:
         run_dir, _, head = spec.rpartition(":")
-        rows += run_one(run_dir, head, args.budgets, args.multiple, args.finetune_epochs, args.batch, args.rounds)
+        rows += run_one(run_dir, head, args.budgets, args.multiple, args.finetune_epochs, args.batch, args.rounds,
+                        args.policies)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": 1, "args": vars(args), "seconds": round(time.perf_counter() - t0)}
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1))
-    md = ["# LayerBudget vs MacBudget on trained spectra", "",
+    title = ("LayerBudget vs MacBudget" if args.policies == ["macs:{f}", "layer:{f}"]
+             else " vs ".join(t.replace(":{f}", "") for t in args.policies))
+    md = [f"# {title} on trained spectra", "",
           f"Command: `python benchmarks/layer_budget_trained.py {_flags(args)}`. "
           f"Heads kept dense; ranks in multiples of {args.multiple}; fine-tune: {args.finetune_epochs} epoch(s) adam "
-          f"lr 1e-4, training split, the same for both. Latency ratio: dense / low-rank, ONNX Runtime, 1 thread, "
+          f"lr 1e-4, training split, the same for all. Latency ratio: dense / low-rank, ONNX Runtime, 1 thread, "
           f"batch {args.batch}, {args.rounds} interleaved rounds (one-shot model; fine-tuning keeps the shapes). "
           f"{meta['seconds']} s.", "",
           "| run | budget | policy | % MACs | val % one-shot | test % one-shot | val % + ft | test % + ft "

@@ -39,7 +39,7 @@ _FLAGS = {
     "warmup_epochs": "--warmup-epochs", "label_smoothing": "--label-smoothing", "val_size": "--val-size",
     "limit_train": "--limit-train", "optimizer": "--optimizer", "scheduler": "--scheduler", "decay": "--decay",
     "fraction": "--policy value", "ratio": "--policy value", "energy": "--policy value",
-    "rel_sigma": "--policy value",
+    "rel_sigma": "--policy value", "layer_cap": "--policy cap",
     "calibration_samples": "--calibration-samples", "val_samples": "--val-samples", "activations": "--int8-activations",
     "runtime": "--runtime", "runtimes": "--runtime", "batches": "--batch", "threads": "--threads", "rounds": "--rounds",
     "channels_last": "--channels-last", "split": "--split", "latency_batch": "--latency-batch",
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers to keep dense at every point (regex or comma list; default: the run's own exclusions)")
     s.add_argument("--multiple", type=int, default=1,
                    help="rank granularity of every point (e.g. 8: ONNX Runtime's conv blocks on AVX2)")
+    s.add_argument("--layer-cap", type=float, default=None, metavar="C",
+                   help="params/macs: also cap every layer at C of its own cost (compress's ,cap=C)")
     s.add_argument("--search-tolerances", type=_floats, default=None,
                    help="also run the greedy rank search at these tolerances (points) and plot them")
     s.set_defaults(func=cmd_sweep)

@@ -165,12 +165,16 @@ def cmd_sweep(args: Args) -> int:
     from lorita.runs.folder import RunFolder
     from lorita.runs.sweep import sweep_run
 
+    cap = args.layer_cap
+    if cap is not None and (args.policy not in ("params", "macs") or not 0 < cap <= 1):
+        raise ValueError(f"--layer-cap {cap:g}: give a number in (0, 1] with --policy params or macs "
+                         f"(got --policy {args.policy})")
     out = args.out or str(RunFolder(args.run).default_out("sweep", args.policy))
     res = sweep_run(args.run, args.policy, args.points, out, data_dir=args.data_dir,
                     progress=not args.no_progress, search_tolerances=args.search_tolerances, device=args.device,
                     eval_batch_size=args.eval_batch_size,
                     latency_batch=args.latency_batch if args.latency else None, multiple=args.multiple,
-                    exclude_modules=args.exclude_modules)
+                    exclude_modules=args.exclude_modules, layer_cap=args.layer_cap)
     print((Path(out) / RunFolder.SWEEP_MD).read_text())
     print(f"-> {out}/sweep.json, sweep.md, sweep.png ({len(res['points'])} points)")
     return 0

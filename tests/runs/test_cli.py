@@ -323,3 +323,37 @@ def test_sweep_bad_point_names_points_before_loading(tmp_path, capsys):
     # a measured latency budget is not a sweep kind: refused by the parser, one line
     assert main(["sweep", str(tmp_path / "nope"), "--policy", "latency", "--points", "0.5"]) == 2
     assert "invalid choice: 'latency'" in capsys.readouterr().err
+
+
+def test_compress_capped_mac_budget_holds_both_budgets(trained, tmp_path, capsys):
+    out = tmp_path / "cap"
+    assert main(["--no-progress", "compress", str(trained), "--policy", "macs:0.3,cap=0.5", "--exclude-modules",
+                 "layers.4", "--out", str(out)]) == 0
+    ranks = json.loads((out / "ranks.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    # FCN 784-64-64-10: LayerBudget(0.5) ranks are floor(0.5·50176/848) = 29 and floor(0.5·4096/128) = 16,
+    # the cap's ceilings; the total MAC budget holds too
+    assert ranks.keys() == {"layers.0", "layers.2"} and ranks["layers.0"] <= 29 and ranks["layers.2"] <= 16
+    assert report["low_rank"]["macs_frac"] <= 0.3 + 1e-9
+    assert "macs:0.3,cap=0.5" in capsys.readouterr().out
+    assert main(["--no-progress", "compress", str(trained), "--policy", "macs:0.3,cap=2", "--out",
+                 str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lorita: error: --policy cap must be in (0, 1], got 2") and not (tmp_path / "bad").exists()
+
+
+def test_sweep_with_a_layer_cap(trained, tmp_path, capsys):
+    out = tmp_path / "scap"
+    assert main(["--no-progress", "sweep", str(trained), "--policy", "macs", "--points", "0.2,0.4",
+                 "--layer-cap", "0.5", "--exclude-modules", "layers.4", "--out", str(out)]) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    assert res["layer_cap"] == 0.5 and [p["label"] for p in res["points"]] == ["macs:0.2,cap=0.5", "macs:0.4,cap=0.5"]
+    # (64, 784) and (64, 64) layers: LayerBudget(0.5) ceilings 29 and 16
+    assert all(p["ranks"]["layers.0"] <= 29 and p["ranks"]["layers.2"] <= 16 for p in res["points"])
+    # the budget is of the targeted layers: 54,272 MACs (the 640 of the dense head kept on top)
+    assert all(p["macs"] <= p["point"] * 54272 + 640 for p in res["points"])
+    assert "Every layer capped at 0.5 of its own cost." in (out / "sweep.md").read_text()
+    capsys.readouterr()
+    assert main(["sweep", str(trained), "--policy", "energy", "--layer-cap", "0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "--layer-cap 0.5: give a number in (0, 1] with --policy params or macs (got --policy energy)" in \
+        capsys.readouterr().err

@@ -29,11 +29,21 @@ def levels_for(max_rank: int, multiple: int) -> list[int]:
     return [max_rank, *below]
 
 
-def budget_ranks(infos: list[LayerInfo], fraction: float, use_macs: bool, multiple: int = 1) -> dict[str, int]:
+def budget_ranks(infos: list[LayerInfo], fraction: float, use_macs: bool, multiple: int = 1,
+                 start: dict[str, int] | None = None) -> dict[str, int]:
+    """The knapsack: ranks whose total deployable cost is ``<= fraction`` of the dense total.
+
+    ``start``: each layer's highest allowed rank (default its full ``min(m, n)``); the greedy cuts
+    from there (a layer cap, ``MacBudget(..., layer_cap=c)``, starts every layer at
+    LayerBudget(c)'s rank). ``fraction`` is always of the *dense* total.
+
+    Raises:
+        ValueError: the budget cannot be met even at the lowest allowed ranks.
+    """
     def weight(info: LayerInfo) -> int:
         return (info.positions or 1) if use_macs else 1
 
-    ranks = {i.name: i.max_rank for i in infos}
+    ranks = {i.name: i.max_rank if start is None else start[i.name] for i in infos}
     dense_total = sum(i.shape[0] * i.shape[1] * weight(i) for i in infos)
     budget = fraction * dense_total
 
@@ -48,7 +58,7 @@ def budget_ranks(infos: list[LayerInfo], fraction: float, use_macs: bool, multip
     # levels; single values when multiple=1) of each layer; score = normalized energy lost per unit
     # of cost saved. S is descending, so the scores rise from a layer's tail inwards: processed in
     # score order, every layer is cut tail first (ties broken by the larger a, i.e. the tail).
-    levels = {i.name: levels_for(i.max_rank, multiple) for i in infos}
+    levels = {i.name: levels_for(ranks[i.name], multiple) for i in infos}
     cands: list[tuple[float, int, int, int, LayerInfo]] = []
     for li, info in enumerate(infos):
         sq = info.S.double() ** 2

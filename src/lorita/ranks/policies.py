@@ -35,15 +35,13 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lorita import linalg
-from lorita.layers.attention import FactorizedMultiheadAttention
 from lorita.ranks._budget import budget_ranks as _budget_ranks
 from lorita.ranks._budget import check_multiple, deployable_cost, round_rank, round_rank_down
 from lorita.ranks.latency_budget import LatencyBudget
-from lorita.surgery import effective_weight, weight_layers
+from lorita.ranks.layer_info import LayerInfo, layer_infos
 from lorita.targeting import Targets
 
 __all__ = [
@@ -80,24 +78,9 @@ def _frac(value: float, name: str, lo_open: bool = True) -> float:
     return float(value)
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    """What a policy knows about one layer.
-
-    Attributes:
-        name: fqn. S: singular values, descending. shape: ``(m, n)`` matricized weight shape.
-        positions: output positions per sample (1 for a Linear on a vector; ``H_out·W_out`` for a
-            conv; tokens for a Linear on a sequence); ``None`` when unknown.
-    """
-
-    name: str
-    S: Tensor
-    shape: tuple[int, int]
-    positions: int | None = None
-
-    @property
-    def max_rank(self) -> int:
-        return min(self.shape)
+def _check_cap(cap: Any) -> None:
+    if cap is not None:
+        _frac(cap, "layer_cap")
 
 
 @dataclass(frozen=True)
@@ -155,12 +138,19 @@ class GlobalThreshold:
 
 @dataclass(frozen=True)
 class ParamBudget:
-    """Deployable weight params of the targeted layers ``<= fraction`` of their dense params."""
+    """Deployable weight params of the targeted layers ``<= fraction`` of their dense params.
+
+    ``layer_cap`` (optional, in (0, 1]): besides the total, no layer keeps more than ``layer_cap``
+    of its own dense cost — the knapsack starts every layer at ``LayerBudget(layer_cap)``'s
+    rank instead of full rank (see :class:`MacBudget`). CLI: ``params:0.2,cap=0.5``.
+    """
 
     fraction: float
+    layer_cap: float | None = None
 
     def __post_init__(self) -> None:
         _frac(self.fraction, "fraction")
+        _check_cap(self.layer_cap)
 
 
 @dataclass(frozen=True)
@@ -169,13 +159,27 @@ class MacBudget:
 
     ``example_inputs``: a tensor or tuple of tensors the model accepts (batch of any size; MACs
     are per sample), used to find each layer's output positions.
+
+    ``layer_cap`` (optional, in (0, 1]): a per-layer ceiling on top of the total — every layer
+    keeps ``<= layer_cap`` of its own dense cost, so none stays dense (any cap < 1 forces a real
+    split everywhere). The greedy starts each layer at ``LayerBudget(layer_cap)``'s rank
+    (rounded down with ``multiple``) and spends the rest of the cut where the spectra say. A hybrid
+    of the two allocations, ours: the energy of MacBudget where it matters, without the wide,
+    memory-bound layers MacBudget may keep dense on flat spectra (``benchmarks/results/layer_cap.md``).
+    ``None`` (default) is plain MacBudget; ``1.0`` equals it. CLI: ``macs:0.2,cap=0.5``.
+
+    Raises:
+        ValueError / TypeError: ``fraction`` or ``layer_cap`` not a number in (0, 1]; no
+            ``example_inputs``.
     """
 
     fraction: float
     example_inputs: Any = field(default=None, compare=False, repr=False)
+    layer_cap: float | None = None
 
     def __post_init__(self) -> None:
         _frac(self.fraction, "fraction")
+        _check_cap(self.layer_cap)
         if self.example_inputs is None:
             raise ValueError("MacBudget needs `example_inputs` (e.g. torch.zeros(1, 3, 32, 32))")
 
@@ -219,73 +223,6 @@ RankPolicy = (FixedRank | RankRatio | EnergyThreshold | GlobalThreshold | ParamB
 _LAYER_POLICIES = (FixedRank, RankRatio, EnergyThreshold, GlobalThreshold)
 
 
-_ATTENTION = (nn.MultiheadAttention, FactorizedMultiheadAttention)
-
-
-def _positions(model: nn.Module, names: list[str], example_inputs: Any) -> dict[str, int]:
-    inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
-    first = next((t for t in inputs if isinstance(t, Tensor)), None)
-    batch = first.shape[0] if first is not None and first.dim() > 0 else 1
-    modules = dict(model.named_modules())
-    found: dict[str, int] = {}
-    handles = []
-
-    def hook(name: str) -> Callable:
-        def fn(mod: nn.Module, args: Any, out: Tensor) -> None:
-            if isinstance(mod, _ATTENTION):  # `attn.in_proj` / `attn.out_proj`: one position per token
-                out = out[0]
-                found[name] = found.get(name, 0) + out.numel() // out.shape[-1]
-                return
-            w = effective_weight(mod)
-            found[name] = found.get(name, 0) + out.numel() // w.shape[0]
-
-        return fn
-
-    for n in names:
-        # a projection of nn.MultiheadAttention is read as a tensor: hook the attention itself
-        parent = modules.get(n.rpartition(".")[0])
-        target = parent if isinstance(parent, _ATTENTION) else modules[n]
-        handles.append(target.register_forward_hook(hook(n)))
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise ValueError(
-            f"layers {missing} were not called by the forward pass on `example_inputs`; "
-            f"exclude them or check the inputs"
-        )
-    return {n: max(1, v // max(batch, 1)) for n, v in found.items()}
-
-
-def layer_infos(
-    model: nn.Module,
-    target_modules: Targets = None,
-    exclude_modules: Targets = None,
-    example_inputs: Any = None,
-) -> list[LayerInfo]:
-    """Spectra and shapes of the targeted layers (positions filled when ``example_inputs`` given)."""
-    layers = weight_layers(model, target_modules, exclude_modules)
-    infos = []
-    pos = _positions(model, [n for n, _ in layers], example_inputs) if example_inputs is not None else {}
-    for fqn, mod in layers:
-        w = effective_weight(mod)
-        try:
-            linalg.ensure_finite(w, "weight")
-        except ValueError as exc:
-            raise ValueError(f"`{fqn}`: {exc}") from None
-        mat = linalg.matricize(w)
-        S = torch.linalg.svdvals(mat.to(linalg._compute_dtype(mat))).cpu()
-        infos.append(LayerInfo(fqn, S, (int(mat.shape[0]), int(mat.shape[1])), pos.get(fqn)))
-    return infos
-
-
 def select_ranks(
     model: nn.Module,
     policy: RankPolicy,
@@ -327,12 +264,13 @@ def select_ranks(
         infos = layer_infos(model, target_modules, exclude_modules)
         ranks = _layer_budget_ranks(infos, policy, multiple)
         return _warn_rank_one(infos, ranks, policy)
-    if isinstance(policy, ParamBudget):
-        infos = layer_infos(model, target_modules, exclude_modules)
-        return _budget_ranks(infos, policy.fraction, use_macs=False, multiple=multiple)
-    if isinstance(policy, MacBudget):
-        infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
-        return _budget_ranks(infos, policy.fraction, use_macs=True, multiple=multiple)
+    if isinstance(policy, ParamBudget | MacBudget):
+        use_macs = isinstance(policy, MacBudget)
+        infos = layer_infos(model, target_modules, exclude_modules,
+                            example_inputs=policy.example_inputs if use_macs else None)
+        cap = policy.layer_cap
+        start = None if cap is None else _layer_budget_ranks(infos, LayerBudget(cap), multiple)
+        return _budget_ranks(infos, policy.fraction, use_macs=use_macs, multiple=multiple, start=start)
     if isinstance(policy, LatencyBudget):  # bisects MacBudget's (or LayerBudget's) fraction against latency
         if policy.allocation == "layer":
             infos = layer_infos(model, target_modules, exclude_modules)
@@ -392,8 +330,9 @@ POLICY_KINDS: Mapping[str, PolicyKind] = {
     "energy": PolicyKind(EnergyThreshold, "energy", float, "EnergyThreshold(energy in (0, 1])"),
     "ratio": PolicyKind(RankRatio, "ratio", float, "RankRatio(ratio in (0, 1])"),
     "global": PolicyKind(GlobalThreshold, "rel_sigma", float, "GlobalThreshold(rel_sigma in [0, 1])"),
-    "params": PolicyKind(ParamBudget, "fraction", float, "ParamBudget(fraction in (0, 1])"),
-    "macs": PolicyKind(MacBudget, "fraction", float, "MacBudget(fraction in (0, 1]; needs example inputs)"),
+    "params": PolicyKind(ParamBudget, "fraction", float, "ParamBudget(fraction in (0, 1]; optional ,cap=C)"),
+    "macs": PolicyKind(MacBudget, "fraction", float,
+                       "MacBudget(fraction in (0, 1]; needs example inputs; optional ,cap=C)"),
     "layer": PolicyKind(LayerBudget, "fraction", float, "LayerBudget(fraction of each layer's cost in (0, 1])"),
     "rank": PolicyKind(FixedRank, "rank", int, "FixedRank(rank: int)"),
     "latency": PolicyKind(
@@ -404,21 +343,24 @@ POLICY_KINDS: Mapping[str, PolicyKind] = {
 
 def policy_string(policy: RankPolicy) -> str:
     """The CLI string of a policy, the inverse of :func:`parse_policy` (``EnergyThreshold(0.99)``
-    -> ``"energy:0.99"``; a MacBudget's ``example_inputs`` are not part of it).
+    -> ``"energy:0.99"``; ``MacBudget(0.2, layer_cap=0.5)`` -> ``"macs:0.2,cap=0.5"``; a MacBudget's
+    ``example_inputs`` are not part of it).
 
     Raises:
         TypeError: not a rank policy.
     """
     for kind, row in POLICY_KINDS.items():
         if type(policy) is row.cls:
-            return f"{kind}:{getattr(policy, row.attr):g}"
+            cap = getattr(policy, "layer_cap", None)
+            return f"{kind}:{getattr(policy, row.attr):g}" + ("" if cap is None else f",cap={cap:g}")
     raise TypeError(f"not a rank policy: {type(policy).__name__}; e.g. EnergyThreshold(0.99)")
 
 
 def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
     ``params:0.05``, ``macs:0.1``, ``layer:0.2``, ``latency:0.5`` (``macs``/``latency`` need ``example_inputs``);
-    see :data:`POLICY_KINDS`.
+    see :data:`POLICY_KINDS`. ``params`` and ``macs`` take an optional per-layer cap:
+    ``macs:0.2,cap=0.5`` is ``MacBudget(0.2, layer_cap=0.5)``.
 
     Raises:
         ValueError: unknown kind or bad value (the message lists the valid forms).
@@ -431,10 +373,26 @@ def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     if kind not in POLICY_KINDS:
         raise ValueError(f"unknown policy kind {kind!r} in {text!r}; expected one of: {valid}")
     row = POLICY_KINDS[kind]
+    raw, comma, opt = raw.partition(",")
+    cap = None
+    if comma:
+        key, eq, val = opt.partition("=")
+        if row.cls not in (ParamBudget, MacBudget) or key.strip() != "cap" or not eq:
+            raise ValueError(f"invalid option {opt!r} in policy {text!r}; only params and macs take one, "
+                             f"`,cap=C` (a per-layer cost cap in (0, 1]), e.g. macs:0.2,cap=0.5")
+        try:
+            cap = float(val)
+        except ValueError:
+            raise ValueError(f"invalid cap {val!r} in policy {text!r}; expected a number in (0, 1], "
+                             f"e.g. macs:0.2,cap=0.5") from None
     try:
         value = row.parse(raw)
     except ValueError:
         raise ValueError(f"invalid value {raw!r} in policy {text!r}; expected {row.doc}") from None
-    if row.cls in (MacBudget, LatencyBudget):
+    if row.cls is MacBudget:
+        return MacBudget(value, example_inputs=example_inputs, layer_cap=cap)
+    if row.cls is ParamBudget:
+        return ParamBudget(value, layer_cap=cap)
+    if row.cls is LatencyBudget:
         return row.cls(value, example_inputs=example_inputs)
     return row.cls(value)

@@ -134,6 +134,9 @@ class GreedySearch:
                 f"`budget` must be ParamBudget, MacBudget or None, got {type(self.budget).__name__}; "
                 f"e.g. ParamBudget(0.1)"
             )
+        if getattr(self.budget, "layer_cap", None) is not None:
+            raise ValueError(f"`budget` {self.budget!r}: the search's stop budget takes no `layer_cap`; give the "
+                             "capped policy as `start` (e.g. start=MacBudget(0.5, x, layer_cap=0.5))")
         for name in ("initial_step", "max_commits"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

@@ -81,7 +81,8 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
         f"# Sweep `{result['policy']}` — depth {result['depth']}, weight decay {result['weight_decay']:g}",
         "",
         f"Run: `{result['run']}`. MACs per sample. Test accuracy is reported, never used for selection."
-        + (f" Ranks in multiples of {result['rank_multiple']}." if result.get("rank_multiple") else ""),
+        + (f" Ranks in multiples of {result['rank_multiple']}." if result.get("rank_multiple") else "")
+        + (f" Every layer capped at {result['layer_cap']:g} of its own cost." if result.get("layer_cap") else ""),
         "",
         _HEAD,
         _row(result["dense"]),

@@ -51,6 +51,7 @@ def sweep_run(
     latency_batch: int | None = None,
     multiple: int = 1,
     exclude_modules: Any = None,
+    layer_cap: float | None = None,
 ) -> dict[str, Any]:
     """Accuracy vs cost for many points of one policy kind from one trained model.
 
@@ -63,9 +64,12 @@ def sweep_run(
     (``select_ranks(..., multiple=)``; e.g. 8 for ONNX Runtime on AVX2); points it makes infeasible are
     skipped with a warning. ``exclude_modules``: layers to keep dense at every point (regex or
     names; default: the run's own exclusions), e.g. a small classifier head under ``layer:F``.
+    ``layer_cap``: with ``params``/``macs``, every point also caps each layer at that share of its
+    own cost (``MacBudget(..., layer_cap=)``; points read ``macs:0.2,cap=0.5``).
 
     Raises:
-        ValueError: unknown ``policy_kind``, no points, a bad ``latency_batch`` or ``multiple``.
+        ValueError: unknown ``policy_kind``, no points, a bad ``latency_batch``, ``multiple`` or
+            ``layer_cap`` (also: a cap with a kind other than params/macs).
     """
     if policy_kind not in DEFAULT_POINTS and policy_kind != "rank":
         raise ValueError(f"unknown policy kind {policy_kind!r}; choose one of {sorted(DEFAULT_POINTS) + ['rank']}")
@@ -73,12 +77,14 @@ def sweep_run(
                                       or latency_batch < 1):
         raise ValueError(f"`latency_batch` must be an int >= 1, got {latency_batch!r}")
     check_multiple(multiple)
+    if layer_cap is not None and policy_kind not in ("params", "macs"):
+        raise ValueError(f"`layer_cap` applies to params and macs sweeps, got policy kind {policy_kind!r}")
     pts = list(points) if points else DEFAULT_POINTS.get(policy_kind, [])
     if not pts:
         raise ValueError(f"give `points` for policy {policy_kind!r}")
     for p in pts:  # every point checked before the run is loaded
         try:
-            parse_policy(_point_text(policy_kind, p), example_inputs=torch.zeros(1))
+            parse_policy(_point_text(policy_kind, p, layer_cap), example_inputs=torch.zeros(1))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"`points`: {p!r} is not a valid {policy_kind} value ({exc})") from None
     run = run or load_run(run_dir, data_dir, device=device, eval_batch_size=eval_batch_size)
@@ -89,7 +95,7 @@ def sweep_run(
     dense_row, _ = evaluate_point(run, None, "dense")
     rows = []
     for p in tqdm(pts, desc=f"sweep {policy_kind}", disable=not progress, leave=False):
-        text = _point_text(policy_kind, p)
+        text = _point_text(policy_kind, p, layer_cap)
         pol = parse_policy(text, example_inputs=run.example_inputs)
         try:
             ranks = select_ranks(run.dense, pol, target, exclude, multiple=multiple)
@@ -105,7 +111,7 @@ def sweep_run(
     result = {"run": str(run_dir), "policy": policy_kind, "depth": run.cfg.depth,
               "weight_decay": run.cfg.weight_decay, "dense": dense_row, "points": rows,
               "requested_points": [float(p) for p in pts],  # infeasible ones are skipped in "points"
-              **multiple_meta(multiple)}
+              "layer_cap": layer_cap, **multiple_meta(multiple)}
     series, labels = [result], [f"depth {run.cfg.depth}"]
     if search_tolerances:
         result["search_points"] = search_points(run, search_tolerances, GreedySearch(multiple=multiple),
@@ -122,8 +128,9 @@ def sweep_run(
     return result
 
 
-def _point_text(kind: str, point: float) -> str:
-    return f"{kind}:{int(point) if kind == 'rank' else point}"
+def _point_text(kind: str, point: float, layer_cap: float | None = None) -> str:
+    cap = "" if layer_cap is None else f",cap={layer_cap:g}"
+    return f"{kind}:{int(point) if kind == 'rank' else point}{cap}"
 
 
 def search_points(
