@@ -22,8 +22,9 @@ Budget policies (a cost fraction, over all targeted layers together — or per l
 ParamBudget and MacBudget drop singular values in order of normalized energy lost per unit of cost saved
 (``(S_i² / Σ_j S_j²) / cost-per-rank``), a greedy knapsack that discards the least energy for the
 budget. A layer's deployable cost at rank ``r`` is ``min(r·(m + n), m·n)`` (times output positions
-for MACs): the split is used only where it is cheaper (:func:`lorita.to_low_rank`).
-Every policy gives ranks >= 1.
+for MACs): the split is used only where it is cheaper (:func:`lorita.to_low_rank`). With
+``layer_cap=c`` the knapsack starts every layer at LayerBudget(c)'s rank, so no layer keeps more
+than ``c`` of its own cost (``macs:0.2,cap=0.5``). Every policy gives ranks >= 1.
 """
 
 from __future__ import annotations
