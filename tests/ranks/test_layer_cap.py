@@ -117,3 +117,12 @@ def test_search_budget_refuses_a_cap_and_points_to_start():
         lorita.GreedySearch(tolerance=1.0, budget=lorita.ParamBudget(0.2, layer_cap=0.5))
     # as a start the capped policy is accepted
     lorita.GreedySearch(tolerance=1.0, start=lorita.ParamBudget(0.5, layer_cap=0.5))
+
+
+def test_a_cap_start_below_the_multiple_is_kept_like_layer_budget():
+    conv = nn.Sequential(nn.Conv2d(16, 16, 3))  # (16, 144): rank 8 costs 8·160 = 1280 of 2304 (0.556)
+    x = torch.zeros(1, 16, 6, 6)
+    with pytest.raises(ValueError, match="budget 0.5 cannot be met"):
+        lorita.select_ranks(conv, lorita.MacBudget(0.5, x), multiple=8)
+    # LayerBudget(0.5): floor(0.5·2304/160) = 7, below 8, kept; 7·160 = 1120 <= 1152
+    assert lorita.select_ranks(conv, lorita.MacBudget(0.5, x, layer_cap=0.5), multiple=8) == {"0": 7}

@@ -164,7 +164,8 @@ class MacBudget:
     ``layer_cap`` (optional, in (0, 1]): a per-layer ceiling on top of the total — every layer
     keeps ``<= layer_cap`` of its own dense cost, so none stays dense (any cap < 1 forces a real
     split everywhere). The greedy starts each layer at ``LayerBudget(layer_cap)``'s rank
-    (rounded down with ``multiple``) and spends the rest of the cut where the spectra say. A hybrid
+    (rounded down with ``multiple``; a start rank below ``multiple`` is kept as computed, so a cap can
+    reach budgets the multiple alone cannot) and spends the rest of the cut where the spectra say. A hybrid
     of the two allocations, ours: the energy of MacBudget where it matters, without the wide,
     memory-bound layers MacBudget may keep dense on flat spectra (``benchmarks/results/layer_cap.md``).
     ``None`` (default) is plain MacBudget; ``1.0`` equals it. CLI: ``macs:0.2,cap=0.5``.
