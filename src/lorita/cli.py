@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lorita import __version__
-from lorita.commands import cmd_bench, cmd_compress, cmd_demo, cmd_export, cmd_report, cmd_sweep, cmd_train
+from lorita.commands import cmd_bench, cmd_compress, cmd_demo, cmd_export, cmd_report, cmd_sweep, cmd_train, recipe_help
 
 logger = logging.getLogger("lorita.cli")
 
@@ -144,6 +144,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g = p.add_argument_group("data")
     if not demo:
         g.add_argument("--model", default=d.model, choices=sorted(MODELS), help="reference model")
+        g.add_argument("--recipe", choices=("model", "none"), default="model", help=recipe_help())
         g.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), help="dataset")
     g.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON overrides, e.g. \'{"hidden": [256]}\'')
     g.add_argument("--data-dir", default=None, help="folder with the data files (default: data/<dataset>)")
@@ -186,7 +187,8 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--scheduler", choices=list(SCHEDULERS), default=d.scheduler, help="learning-rate schedule")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up epochs")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="label smoothing")
-    g.add_argument("--augment", action="store_true", help="training augmentation (CIFAR: crop + flip)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                   help="training augmentation (CIFAR: crop + flip)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for init and shuffling")
     g.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")

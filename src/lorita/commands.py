@@ -13,7 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_train", "cmd_compress", "cmd_sweep", "cmd_report", "cmd_demo", "cmd_export", "cmd_bench", "config_from"]
+__all__ = ["cmd_train", "cmd_compress", "cmd_sweep", "cmd_report", "cmd_demo", "cmd_export", "cmd_bench", "config_from",
+           "recipe_help"]
 
 Args = Any  # an argparse.Namespace built by lorita.cli.build_parser
 
@@ -23,7 +24,8 @@ SEARCH_ONLY = {"tolerance": 1.0, "budget": None, "initial_step": None, "start": 
 
 
 def config_from(args: Args, **over: Any):
-    """The :class:`~lorita.runs.config.TrainConfig` of ``lorita train`` / ``demo`` flags."""
+    """The :class:`~lorita.runs.config.TrainConfig` of ``lorita train`` / ``demo`` flags: with
+    ``--recipe model`` (train's default), the model's recipe fills every flag not given."""
     from lorita.runs.config import TrainConfig
 
     d = TrainConfig()
@@ -42,7 +44,53 @@ def config_from(args: Args, **over: Any):
         seed=args.seed, device=args.device, amp=args.amp,
     )
     fields.update(over)
-    return TrainConfig(**fields)
+    if getattr(args, "recipe", "none") != "model" or getattr(args, "given", None) is None:
+        return TrainConfig(**fields)  # no recipe, or flags not parsed by lorita.cli.main: all of them count
+    # the model's recipe for every flag not given (lorita.runs.config.model_recipe)
+    from lorita.runs.config import model_recipe
+
+    given = set(args.given) | set(over)
+    recipe = model_recipe(fields["model"])
+    kept = {k: v for k, v in fields.items() if k in given or (k not in recipe and k != "factorize_at")}
+    return TrainConfig.for_model(fields.pop("model"), **{k: v for k, v in kept.items() if k != "model"})
+
+
+def _recipe_flag(field: str, value: Any) -> str:
+    """A recipe entry as the flag that sets it (every recipe key is a flag named after its field)."""
+    from fractions import Fraction
+
+    if field == "factorize_at_fraction":
+        return f"--factorize-at {Fraction(value).limit_denominator(20)} of the epochs"
+    name = "--" + field.replace("_", "-")
+    if isinstance(value, bool):
+        return name if value else f"--no-{name[2:]}"
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+
+
+def recipe_help() -> str:
+    """``--recipe``'s help: every model's recipe as flags."""
+    from lorita.models import DEFAULT_CFGS
+
+    recipes = "; ".join(f"{m}: " + ", ".join(_recipe_flag(k, v) for k, v in c["recipe"].items())
+                        for m, c in sorted(DEFAULT_CFGS.items()) if c.get("recipe"))
+    return (f"model = the --model's measured training recipe replaces the defaults shown below for every flag "
+            f"not given ({recipes}; every model: its --dataset); none = the defaults shown")
+
+
+def _recipe_note(args: Args, cfg) -> str | None:
+    """One line naming what the model's recipe set (the flags not given), or None."""
+    from lorita.runs.config import model_recipe
+
+    if getattr(args, "recipe", "none") != "model" or getattr(args, "given", None) is None or args.resume:
+        return None
+    recipe = model_recipe(cfg.model)
+    if cfg.dataset != recipe.get("dataset", cfg.dataset):
+        return None  # another dataset than the recipe's: none of it applied
+    if recipe.pop("factorize_at_fraction", None) is not None:
+        recipe["factorize_at"] = cfg.factorize_at
+    used = [_recipe_flag(k, getattr(cfg, k)) for k in recipe if k not in set(args.given)]
+    return (f"{cfg.model} recipe: {', '.join(used)} (flags override it; --recipe none for the generic defaults)"
+            if used else None)
 
 
 def _resumed_config(args: Args, cfg):
@@ -68,6 +116,9 @@ def cmd_train(args: Args) -> int:
     cfg = config_from(args)  # validates the flags before any process is started
     if args.resume:
         cfg = _resumed_config(args, cfg)
+    note = _recipe_note(args, cfg)
+    if note and not distributed.launched():
+        print(note)
     if args.nproc < 1:
         raise ValueError(f"`--nproc` must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not distributed.launched():

@@ -105,7 +105,7 @@ def test_cli_interrupt_says_how_to_resume_and_resume_needs_no_flags(cifar_dir, t
     run = str(tmp_path / "run")
     argv = ["--no-progress", "train", "--model", "resnet20", "--model-kwargs", '{"width": 2}', "--dataset",
             "cifar10", "--data-dir", str(cifar_dir), "--no-verify", "--val-size", "6", "--epochs", "3",
-            "--batch-size", "8", "--depth", "2", "--out", run]
+            "--batch-size", "8", "--depth", "2", "--factorize-at", "0", "--out", run]
     monkeypatch.setattr(train_mod, "train_one_epoch", _interrupting(after=1))
     assert main(argv) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
@@ -124,7 +124,8 @@ def test_cli_train_compress_sweep_report(cifar_dir, tmp_path, capsys):
     run = str(tmp_path / "run")
     common = ["--no-progress", "train", "--model", "resnet20", "--model-kwargs", '{"width": 2}', "--dataset",
               "cifar10", "--data-dir", str(cifar_dir), "--no-verify", "--val-size", "6", "--epochs", "2",
-              "--batch-size", "8", "--augment", "--depth", "3", "--weight-decay", "1e-3", "--out", run]
+              "--batch-size", "8", "--augment", "--depth", "3", "--factorize-at", "0", "--weight-decay", "1e-3",
+              "--out", run]
     assert main(common) == 0
     assert main(common + ["--resume"]) == 0  # everything done: resuming only rewrites the outputs
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

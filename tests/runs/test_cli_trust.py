@@ -27,7 +27,7 @@ def test_flag_message(msg, want):
 
 def test_wrong_model_for_dataset_is_one_line_and_leaves_nothing(fake_mnist, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "r20"
-    argv = [*train_args(fake_mnist, out), "--model", "resnet20"]
+    argv = [*train_args(fake_mnist, out), "--model", "resnet20", "--dataset", "mnist"]
     argv[argv.index("--model-kwargs") + 1] = '{"width": 2}'
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

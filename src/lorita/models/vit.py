@@ -50,6 +50,11 @@ DEFAULT_CFG: dict = {
     "target_modules": VIT_TARGETS,  # LoRITa's default targets (None: every Linear/Conv2d)
     "exclude_modules": None,
     "source": "SimpleViT (Beyer et al. 2022), patch 4; LoRITa §4.3: attention + MLP of the blocks",
+    # `lorita train --model vit`'s defaults (flags override; `--recipe none` drops them): measured on
+    # CIFAR-10 with a dim-128, 4-block ViT, 15 epochs (README "Fronts at equal epochs",
+    # benchmarks/results/fronts_vit_cpu_seeds.md): a third of the epochs plain, then depth 3.
+    "recipe": {"depth": 3, "factorize_at_fraction": 1 / 3, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
+               "epochs": 15, "warmup_epochs": 1.0, "label_smoothing": 0.1, "augment": True},
 }
 
 

@@ -15,12 +15,23 @@ from typing import Any
 from lorita.engine import OPTIMIZERS, SCHEDULERS
 from lorita.layers.base import FACTOR_SIDES, INITS
 
-__all__ = ["TrainConfig", "LEGACY_DEFAULTS"]
+__all__ = ["TrainConfig", "LEGACY_DEFAULTS", "model_recipe"]
 
 #: Values of keys added after the first config.json format, for files written without them: the
 #: behaviour those runs had, so an old run resumes (and rebuilds) exactly as it trained.
 LEGACY_DEFAULTS: dict[str, Any] = {"init_scale": 1.0, "factor_side": "input", "clip_grad_norm": 0.0, "init_from": None,
                                    "factorize_at": 0}
+
+
+def model_recipe(model: str) -> dict[str, Any]:
+    """The training defaults of a reference model: its ``DEFAULT_CFG``'s ``dataset`` and ``recipe``
+    (``lorita.models``, timm's ``_cfg`` habit), as :class:`TrainConfig` field values, except
+    ``factorize_at_fraction`` (the share of ``epochs`` trained plain first; resolved by
+    :meth:`TrainConfig.for_model`). ``{}`` for a model without a config."""
+    from lorita.models import DEFAULT_CFGS
+
+    cfg = DEFAULT_CFGS.get(model, {})
+    return {**({"dataset": cfg["dataset"]} if "dataset" in cfg else {}), **cfg.get("recipe", {})}
 
 
 @dataclass
@@ -136,6 +147,31 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_model(cls, model: str, **fields: Any) -> TrainConfig:
+        """A config with ``model``'s recipe (:func:`model_recipe`) under ``fields``: a given field
+        wins, then the recipe, then the dataclass default. A recipe holds for its model's own
+        dataset: with another ``dataset`` in ``fields`` none of it applies. The recipe's ``factorize_at_fraction``
+        becomes ``factorize_at = round(fraction · epochs)`` (below ``epochs``) when the run can
+        factorize late: ``depth > 1``, ``init`` not ``"default"``, no ``init_from`` and no
+        ``factorize_at`` given; else 0.
+
+        Raises:
+            ValueError: a field value the dataclass rejects (named, as in ``TrainConfig(...)``).
+        """
+        recipe = model_recipe(model)
+        if "dataset" in fields and fields["dataset"] != recipe.get("dataset", fields["dataset"]):
+            recipe = {}  # measured on its own dataset only: another one gets the generic defaults
+        frac = recipe.pop("factorize_at_fraction", 0.0)
+        merged = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        merged.update(recipe)
+        merged.update(fields, model=model)
+        if "factorize_at" not in fields:
+            late = merged["depth"] > 1 and merged["init"] != "default" and not merged["init_from"]
+            epochs = merged["epochs"]
+            merged["factorize_at"] = min(round(frac * epochs), epochs - 1) if late and isinstance(epochs, int) else 0
+        return cls(**merged)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
