@@ -57,7 +57,7 @@ recipe() {  # model -> training flags
 one_run() {  # model depth
   local m=$1 d=$2 run="$OUT/$1-depth$2"
   # shellcheck disable=SC2046
-  "$PY" -m lorita --no-progress train --model "$m" --dataset cifar10 --data-dir "$DATA" --depth "$d" \
+  "$PY" -m lorita --no-progress train --model "$m" --recipe none --dataset cifar10 --data-dir "$DATA" --depth "$d" \
     $(recipe "$m") --batch-size 128 --augment --seed 0 --val-size "$VAL" --device "$DEVICE" $AMP \
     --threads "$THREADS" ${LIMIT:+--limit-train "$LIMIT"} ${NOVERIFY:+--no-verify} --out "$run" --resume > "$run.train.log" 2>&1
   "$PY" -m lorita --no-progress sweep "$run" --policy macs --points "$POINTS" > "$run.sweep.log" 2>&1

@@ -31,7 +31,7 @@ lorita() { PYTHONPATH="$SNAP" "$PY" -m lorita --no-progress "$@"; }
 lorita --version
 PYTHONPATH="$SNAP" "$PY" -c "import lorita, torch; print(lorita.__file__, torch.__version__, torch.get_num_threads())"
 
-RECIPE=(--model resnet20 --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" --batch-size 128
+RECIPE=(--model resnet20 --recipe none --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" --batch-size 128
         --optimizer sgd --lr 0.05 --momentum 0.9 --scheduler cosine --warmup-epochs 1
         --label-smoothing 0.1 --augment --seed 0 --threads 1)
 for wd in $WDS; do

@@ -28,7 +28,7 @@ for m in $MODELS; do
   run="$OUT/$m-d3"
   rm -rf "$run"
   start=$(date +%s)
-  "${L[@]}" train --model "$m" --dataset cifar10 --data-dir "$OUT/data" --no-verify --val-size "$N" \
+  "${L[@]}" train --model "$m" --recipe none --dataset cifar10 --data-dir "$OUT/data" --no-verify --val-size "$N" \
       --depth 3 --epochs 1 --batch-size 64 --lr 0.02 --weight-decay 5e-4 --augment --seed 0 \
       --threads "$THREADS" --out "$run"
   "${L[@]}" compress "$run" --policy macs:0.5 --threads "$THREADS"
