@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="merge, choose ranks, split into low-rank layers, report", **kw)
     c.add_argument("run", help="folder written by `lorita train`")
     c.add_argument("--policy", default=None, help=f"one-shot rank policy: {policies} "
-                   "(params/macs take a per-layer cap: macs:0.2,cap=0.5)")
+                   "(params/macs/latency take a per-layer cap: macs:0.2,cap=0.5)")
     c.add_argument("--out", default=None, help="output folder (default: RUN/compressed, RUN/searched)")
     c.add_argument("--overwrite", action="store_true", help="replace an earlier compression in OUT")
     c.add_argument("--exclude-modules", type=_targets, default=None,

@@ -63,3 +63,35 @@ def test_latency_budget_with_layer_allocation_meets_its_budget(fraction):
     assert any(lorita.select_ranks(model, lorita.LayerBudget(k / 256)) == ranks for k in range(1, 256))
     with pytest.raises(ValueError, match=r"`allocation`='energy' is not one of 'macs', 'layer'"):
         lorita.LatencyBudget(0.5, X, allocation="energy")
+
+
+@pytest.mark.parametrize("cap", [0.5, 0.25])
+def test_latency_budget_with_a_layer_cap_meets_budget_and_cap(cap):
+    model = _mlp()
+    pol = lorita.LatencyBudget(0.5, example_inputs=X, timer=FakeTimer(), steps=8, layer_cap=cap)
+    ranks = lorita.select_ranks(model, pol)
+    assert _fraction(model, ranks) <= 0.5  # (the cap alone gives ~0.32 at cap 0.25: the budget then binds less)
+    # every layer keeps <= cap of its own cost: r·(m + n) <= cap·m·n (256x256, 256x256, 256->64)
+    shapes = {"0": (256, 256), "2": (256, 256), "4": (64, 256)}
+    assert all(r * (m + n) <= cap * m * n for name, r in ranks.items() for m, n in [shapes[name]]), ranks
+    # the ranks are the capped MacBudget's at one of the bisection's fractions (k / 2^8)
+    def capped(f):
+        try:
+            return lorita.select_ranks(model, lorita.MacBudget(f, X, layer_cap=cap))
+        except ValueError:  # below the rank-1 floor
+            return None
+
+    assert any(capped(k / 256) == ranks for k in range(1, 257))
+    assert ranks != lorita.select_ranks(model, lorita.LatencyBudget(0.5, X, timer=FakeTimer(), steps=8))
+
+
+def test_latency_budget_cap_of_one_is_uncapped_and_cap_parses():
+    model = _mlp()
+    plain = lorita.select_ranks(model, lorita.LatencyBudget(0.5, X, timer=FakeTimer(), steps=6))
+    assert lorita.select_ranks(model, lorita.LatencyBudget(0.5, X, timer=FakeTimer(), steps=6, layer_cap=1.0)) == plain
+    pol = parse_policy("latency:0.5,cap=0.25", example_inputs=X)
+    assert (pol.fraction, pol.layer_cap) == (0.5, 0.25) and policy_string(pol) == "latency:0.5,cap=0.25"
+    with pytest.raises(ValueError, match=r"`layer_cap` must be in \(0, 1\] or None, got 0"):
+        lorita.LatencyBudget(0.5, X, layer_cap=0)
+    with pytest.raises(ValueError, match=r"`layer_cap` needs allocation='macs'"):
+        lorita.LatencyBudget(0.5, X, layer_cap=0.5, allocation="layer")

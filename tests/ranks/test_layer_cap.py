@@ -96,7 +96,7 @@ def test_capped_policies_parse_and_print():
 
 
 @pytest.mark.parametrize("text,err,match", [
-    ("ratio:0.2,cap=0.5", ValueError, "only params and macs take one, `,cap=C`"),
+    ("ratio:0.2,cap=0.5", ValueError, "only params, macs and latency take one, `,cap=C`"),
     ("macs:0.2,size=1", ValueError, "invalid option 'size=1'"),
     ("macs:0.2,cap=big", ValueError, "invalid cap 'big'"),
     ("params:0.2,cap=0", ValueError, r"`layer_cap` must be in \(0, 1\], got 0"),

@@ -46,10 +46,14 @@ class LatencyBudget:
         allocation: how a fraction ``f`` becomes ranks: ``"macs"`` (:class:`MacBudget`'s
             energy-per-MAC greedy, the default) or ``"layer"`` (:class:`LayerBudget`: ``f`` of
             every layer).
+        layer_cap: with ``allocation="macs"``, the :class:`MacBudget` ``layer_cap`` at every
+            bisection step: no layer keeps more than this share of its own cost (in (0, 1];
+            None = uncapped). CLI: ``latency:0.5,cap=0.5``.
 
     Raises:
         ValueError: ``fraction`` outside (0, 1], missing ``example_inputs``, bad ``runtime``,
-            ``split``, ``threads``, ``steps``, ``rounds`` or ``allocation``.
+            ``split``, ``threads``, ``steps``, ``rounds``, ``allocation`` or ``layer_cap`` (also
+            a cap with ``allocation="layer"``, which is already a per-layer share).
     """
 
     fraction: float
@@ -61,6 +65,7 @@ class LatencyBudget:
     rounds: int = 3
     timer: Any = field(default=None, compare=False, repr=False)
     allocation: str = "macs"
+    layer_cap: float | None = None
 
     def __post_init__(self) -> None:
         f = self.fraction
@@ -75,6 +80,13 @@ class LatencyBudget:
             raise ValueError(f"`split`={self.split!r} is not one of 'macs', 'latency'")
         if self.allocation not in ("macs", "layer"):
             raise ValueError(f"`allocation`={self.allocation!r} is not one of 'macs', 'layer'")
+        c = self.layer_cap
+        if c is not None:
+            if isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 < c <= 1.0:
+                raise ValueError(f"`layer_cap` must be in (0, 1] or None, got {c!r}")
+            if self.allocation != "macs":
+                raise ValueError("`layer_cap` needs allocation='macs' (allocation='layer' already gives every "
+                                 "layer the same share)")
         for name in ("steps", "rounds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -278,7 +278,9 @@ def select_ranks(
             infos = layer_infos(model, target_modules, exclude_modules)
             return policy.choose(model, lambda f: _layer_budget_ranks(infos, LayerBudget(f), multiple))
         infos = layer_infos(model, target_modules, exclude_modules, example_inputs=policy.example_inputs)
-        return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True, multiple=multiple))
+        cap = policy.layer_cap
+        start = None if cap is None else _layer_budget_ranks(infos, LayerBudget(cap), multiple)
+        return policy.choose(model, lambda f: _budget_ranks(infos, f, use_macs=True, multiple=multiple, start=start))
     raise TypeError(
         f"unknown rank policy {policy!r}; use FixedRank, RankRatio, EnergyThreshold, GlobalThreshold, "
         f"ParamBudget, MacBudget, LayerBudget or LatencyBudget"
@@ -338,7 +340,8 @@ POLICY_KINDS: Mapping[str, PolicyKind] = {
     "layer": PolicyKind(LayerBudget, "fraction", float, "LayerBudget(fraction of each layer's cost in (0, 1])"),
     "rank": PolicyKind(FixedRank, "rank", int, "FixedRank(rank: int)"),
     "latency": PolicyKind(
-        LatencyBudget, "fraction", float, "LatencyBudget(fraction of dense latency in (0, 1]; needs example inputs)"
+        LatencyBudget, "fraction", float,
+        "LatencyBudget(fraction of dense latency in (0, 1]; needs example inputs; optional ,cap=C)"
     ),
 }
 
@@ -361,7 +364,7 @@ def policy_string(policy: RankPolicy) -> str:
 def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     """Parse ``"kind:value"``: ``rank:32``, ``ratio:0.1``, ``energy:0.99``, ``global:0.05``,
     ``params:0.05``, ``macs:0.1``, ``layer:0.2``, ``latency:0.5`` (``macs``/``latency`` need ``example_inputs``);
-    see :data:`POLICY_KINDS`. ``params`` and ``macs`` take an optional per-layer cap:
+    see :data:`POLICY_KINDS`. ``params``, ``macs`` and ``latency`` take an optional per-layer cap:
     ``macs:0.2,cap=0.5`` is ``MacBudget(0.2, layer_cap=0.5)``.
 
     Raises:
@@ -379,8 +382,8 @@ def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     cap = None
     if comma:
         key, eq, val = opt.partition("=")
-        if row.cls not in (ParamBudget, MacBudget) or key.strip() != "cap" or not eq:
-            raise ValueError(f"invalid option {opt!r} in policy {text!r}; only params and macs take one, "
+        if row.cls not in (ParamBudget, MacBudget, LatencyBudget) or key.strip() != "cap" or not eq:
+            raise ValueError(f"invalid option {opt!r} in policy {text!r}; only params, macs and latency take one, "
                              f"`,cap=C` (a per-layer cost cap in (0, 1]), e.g. macs:0.2,cap=0.5")
         try:
             cap = float(val)
@@ -396,5 +399,5 @@ def parse_policy(text: str, example_inputs: Any = None) -> RankPolicy:
     if row.cls is ParamBudget:
         return ParamBudget(value, layer_cap=cap)
     if row.cls is LatencyBudget:
-        return row.cls(value, example_inputs=example_inputs)
+        return row.cls(value, example_inputs=example_inputs, layer_cap=cap)
     return row.cls(value)
