@@ -52,7 +52,7 @@ def config_from(args: Args, **over: Any):
     given = set(args.given) | set(over)
     recipe = model_recipe(fields["model"])
     kept = {k: v for k, v in fields.items() if k in given or (k not in recipe and k != "factorize_at")}
-    return TrainConfig.for_model(fields.pop("model"), **{k: v for k, v in kept.items() if k != "model"})
+    return TrainConfig.for_model(fields["model"], **{k: v for k, v in kept.items() if k != "model"})
 
 
 def _recipe_flag(field: str, value: Any) -> str:

@@ -44,6 +44,9 @@ def test_given_fields_win_over_the_recipe():
         2, 3e-4, 7, False, "adamw", 0.05)
     with pytest.raises(ValueError, match="`lr` must be > 0"):
         TrainConfig.for_model("resnet20", lr=-1.0)
+    for bad in (dict(depth="2"), dict(epochs=0)):  # the dataclass names the field, not a TypeError here
+        with pytest.raises(ValueError, match=f"`{next(iter(bad))}` must be an int"):
+            TrainConfig.for_model("resnet20", **bad)
 
 
 def test_cli_applies_the_recipe_only_to_flags_not_given():

@@ -168,9 +168,10 @@ class TrainConfig:
         merged.update(recipe)
         merged.update(fields, model=model)
         if "factorize_at" not in fields:
-            late = merged["depth"] > 1 and merged["init"] != "default" and not merged["init_from"]
-            epochs = merged["epochs"]
-            merged["factorize_at"] = min(round(frac * epochs), epochs - 1) if late and isinstance(epochs, int) else 0
+            depth, epochs = merged["depth"], merged["epochs"]
+            late = (isinstance(depth, int) and depth > 1 and merged["init"] != "default" and not merged["init_from"]
+                    and isinstance(epochs, int) and epochs >= 1)
+            merged["factorize_at"] = min(round(frac * epochs), epochs - 1) if late else 0
         return cls(**merged)
 
     @classmethod
