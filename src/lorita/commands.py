@@ -44,13 +44,16 @@ def config_from(args: Args, **over: Any):
         seed=args.seed, device=args.device, amp=args.amp,
     )
     fields.update(over)
-    if getattr(args, "recipe", "none") != "model" or getattr(args, "given", None) is None:
-        return TrainConfig(**fields)  # no recipe, or flags not parsed by lorita.cli.main: all of them count
-    # the model's recipe for every flag not given (lorita.runs.config.model_recipe)
+    if getattr(args, "given", None) is None:
+        return TrainConfig(**fields)  # flags not parsed by lorita.cli.main: all of them count
     from lorita.runs.config import model_recipe
 
     given = set(args.given) | set(over)
     recipe = model_recipe(fields["model"])
+    if getattr(args, "recipe", "none") != "model":  # the generic defaults, on the model's own dataset
+        return TrainConfig(**{**fields, **({} if "dataset" in given else {"dataset": recipe.get("dataset",
+                                                                                                 fields["dataset"])})})
+    # the model's recipe for every flag not given (lorita.runs.config.model_recipe)
     kept = {k: v for k, v in fields.items() if k in given or (k not in recipe and k != "factorize_at")}
     return TrainConfig.for_model(fields["model"], **{k: v for k, v in kept.items() if k != "model"})
 
@@ -74,7 +77,7 @@ def recipe_help() -> str:
     recipes = "; ".join(f"{m}: " + ", ".join(_recipe_flag(k, v) for k, v in c["recipe"].items())
                         for m, c in sorted(DEFAULT_CFGS.items()) if c.get("recipe"))
     return (f"model = the --model's measured training recipe replaces the defaults shown below for every flag "
-            f"not given ({recipes}; every model: its --dataset); none = the defaults shown")
+            f"not given ({recipes}; every model: its --dataset); none = the defaults shown, on the model's --dataset")
 
 
 def _recipe_note(args: Args, cfg) -> str | None:

@@ -91,7 +91,7 @@ def test_latency_budget_cap_of_one_is_uncapped_and_cap_parses():
     assert lorita.select_ranks(model, lorita.LatencyBudget(0.5, X, timer=FakeTimer(), steps=6, layer_cap=1.0)) == plain
     pol = parse_policy("latency:0.5,cap=0.25", example_inputs=X)
     assert (pol.fraction, pol.layer_cap) == (0.5, 0.25) and policy_string(pol) == "latency:0.5,cap=0.25"
-    with pytest.raises(ValueError, match=r"`layer_cap` must be in \(0, 1\] or None, got 0"):
+    with pytest.raises(ValueError, match=r"`layer_cap` must be in \(0, 1\], got 0"):
         lorita.LatencyBudget(0.5, X, layer_cap=0)
     with pytest.raises(ValueError, match=r"`layer_cap` needs allocation='macs'"):
         lorita.LatencyBudget(0.5, X, layer_cap=0.5, allocation="layer")

@@ -61,9 +61,10 @@ def test_cli_applies_the_recipe_only_to_flags_not_given():
 
 
 def test_recipe_none_keeps_the_generic_defaults():
-    args, cfg = _cfg("--model", "resnet20", "--dataset", "cifar10", "--recipe", "none")
+    args, cfg = _cfg("--model", "resnet20", "--recipe", "none")  # still the model's own dataset
     assert cfg == TrainConfig(model="resnet20", dataset="cifar10")
     assert _recipe_note(args, cfg) is None
+    assert _cfg("--model", "resnet20", "--recipe", "none", "--dataset", "mnist")[1].dataset == "mnist"
 
 
 def test_help_lists_the_recipes(capsys):

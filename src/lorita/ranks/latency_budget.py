@@ -83,7 +83,7 @@ class LatencyBudget:
         c = self.layer_cap
         if c is not None:
             if isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 < c <= 1.0:
-                raise ValueError(f"`layer_cap` must be in (0, 1] or None, got {c!r}")
+                raise ValueError(f"`layer_cap` must be in (0, 1], got {c!r}")
             if self.allocation != "macs":
                 raise ValueError("`layer_cap` needs allocation='macs' (allocation='layer' already gives every "
                                  "layer the same share)")
