@@ -86,12 +86,11 @@ def _recipe_note(args: Args, cfg) -> str | None:
 
     if getattr(args, "recipe", "none") != "model" or getattr(args, "given", None) is None or args.resume:
         return None
-    recipe = model_recipe(cfg.model)
-    if cfg.dataset != recipe.get("dataset", cfg.dataset):
-        return None  # another dataset than the recipe's: none of it applied
+    recipe = model_recipe(cfg.model, cfg.dataset)  # {} on another dataset: none of it applied
     if recipe.pop("factorize_at_fraction", None) is not None:
         recipe["factorize_at"] = cfg.factorize_at
-    used = [_recipe_flag(k, getattr(cfg, k)) for k in recipe if k not in set(args.given)]
+    given = set(args.given)
+    used = [_recipe_flag(k, getattr(cfg, k)) for k in recipe if k not in given]
     return (f"{cfg.model} recipe: {', '.join(used)} (flags override it; --recipe none for the generic defaults)"
             if used else None)
 

@@ -23,14 +23,17 @@ LEGACY_DEFAULTS: dict[str, Any] = {"init_scale": 1.0, "factor_side": "input", "c
                                    "factorize_at": 0}
 
 
-def model_recipe(model: str) -> dict[str, Any]:
+def model_recipe(model: str, dataset: str | None = None) -> dict[str, Any]:
     """The training defaults of a reference model: its ``DEFAULT_CFG``'s ``dataset`` and ``recipe``
     (``lorita.models``, timm's ``_cfg`` habit), as :class:`TrainConfig` field values, except
     ``factorize_at_fraction`` (the share of ``epochs`` trained plain first; resolved by
-    :meth:`TrainConfig.for_model`). ``{}`` for a model without a config."""
+    :meth:`TrainConfig.for_model`). ``{}`` for a model without a config, or when ``dataset`` is
+    given and is not the model's own (a recipe is measured on that dataset only)."""
     from lorita.models import DEFAULT_CFGS
 
     cfg = DEFAULT_CFGS.get(model, {})
+    if dataset is not None and dataset != cfg.get("dataset", dataset):
+        return {}
     return {**({"dataset": cfg["dataset"]} if "dataset" in cfg else {}), **cfg.get("recipe", {})}
 
 
@@ -160,9 +163,7 @@ class TrainConfig:
         Raises:
             ValueError: a field value the dataclass rejects (named, as in ``TrainConfig(...)``).
         """
-        recipe = model_recipe(model)
-        if "dataset" in fields and fields["dataset"] != recipe.get("dataset", fields["dataset"]):
-            recipe = {}  # measured on its own dataset only: another one gets the generic defaults
+        recipe = model_recipe(model, fields.get("dataset"))
         frac = recipe.pop("factorize_at_fraction", 0.0)
         merged = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         merged.update(recipe)
