@@ -127,3 +127,19 @@ def test_late_phase_continues_the_shuffle_order(tmp_path, monkeypatch):
     train_run(TrainConfig(**SMALL, depth=2, epochs=3, factorize_at=1), tmp_path / "late", progress=False)
     # Plain epoch 0, then the factorized epochs 1 and 2: no permutation is seen twice.
     assert seen == [0, 1, 2]
+
+
+def test_progress_bars_count_the_whole_run(tmp_path, monkeypatch):
+    import lorita.runs.train as train_mod
+
+    descs = []
+    orig = train_mod.train_one_epoch
+
+    def record(*args, **kwargs):
+        descs.append(kwargs["desc"])
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", record)
+    train_run(TrainConfig(**SMALL, depth=2, epochs=3, factorize_at=1), tmp_path / "late", progress=False)
+    # The plain phase's bar counts toward the run's 3 epochs, not its own 1.
+    assert descs == ["epoch 1/3 (depth 1)", "epoch 2/3 (depth 2)", "epoch 3/3 (depth 2)"]

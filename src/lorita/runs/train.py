@@ -206,12 +206,13 @@ def _train_run(
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)  # only once data and model are known to be good
         write_json(out / RunFolder.CONFIG, record.to_dict())
+    total = schedule_epochs or epoch_offset + cfg.epochs  # the whole run's epochs, plain phase included
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train.set_epoch(epoch_offset + epoch)  # the late phase continues the run's shuffle order
         tr = train_one_epoch(
             net, train, opt, ctx.device, loss_fn, sched, progress=progress,
-            desc=f"epoch {epoch_offset + epoch + 1}/{epoch_offset + cfg.epochs} (depth {cfg.depth})",
+            desc=f"epoch {epoch_offset + epoch + 1}/{total} (depth {cfg.depth})",
             amp_dtype=amp_dtype,
             clip_grad_norm=cfg.clip_grad_norm if cfg.depth > 1 else 0.0,  # the guard is for factor chains
         )
