@@ -31,9 +31,42 @@ def test_wrong_model_for_dataset_is_one_line_and_leaves_nothing(fake_mnist, tmp_
     argv[argv.index("--model-kwargs") + 1] = '{"width": 2}'
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lorita: error: model 'resnet20' does not accept mnist inputs "
-                                              "of shape (1, 28, 28): "), err
+    assert err == ["lorita: error: model 'resnet20' is built for cifar10 inputs (3, 32, 32) and mnist gives "
+                   "(1, 28, 28): pass --model-kwargs '{\"in_channels\": 1}' to adapt it, or choose a model "
+                   "built for mnist (fcn)"], err
     assert not out.exists()  # no config.json left to block a rerun
+    # The suggested fix works as printed.
+    argv[argv.index("--model-kwargs") + 1] = '{"width": 2, "in_channels": 1}'
+    assert main(argv) == 0 and (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "fix"),
+    [
+        ("vit", {"dim": 16, "num_layers": 1, "heads": 2, "dim_head": 8, "mlp_dim": 16},
+         {"in_channels": 1, "image_size": 28}),
+        ("vit", {"dim": 16, "num_layers": 1, "heads": 2, "dim_head": 8, "mlp_dim": 16, "in_channels": 1},
+         {"image_size": 28}),
+        ("vgg16", {"width_mult": 0.125}, None),  # 28 px cannot take five 2x pools: no kwargs fix it
+    ],
+)
+def test_mismatch_names_the_kwargs_that_adapt_the_model(fake_mnist, tmp_path, model, kwargs, fix):  # noqa: F811
+    from lorita.runs.config import TrainConfig
+    from lorita.runs.train import train_run
+
+    cfg = TrainConfig(model=model, dataset="mnist", data_dir=str(fake_mnist), verify=False, model_kwargs=kwargs,
+                      epochs=1, limit_train=64, val_size=32, batch_size=32, depth=1)
+    with pytest.raises(ValueError) as got:
+        train_run(cfg, tmp_path / "bad", progress=False)
+    msg = str(got.value)
+    assert msg.startswith(f"model {model!r} is built for cifar10 inputs (3, 32, 32) and mnist gives (1, 28, 28)")
+    assert msg.endswith("choose a model built for mnist (fcn)")
+    if fix is None:
+        assert "model_kwargs" not in msg
+        return
+    assert f"pass `model_kwargs` '{json.dumps(fix)}' to adapt it" in msg
+    cfg = TrainConfig(**{**cfg.to_dict(), "model_kwargs": {**kwargs, **fix}})
+    assert train_run(cfg, tmp_path / "ok", progress=False)["val_acc"] >= 0.0
 
 
 def test_corrupt_resume_checkpoint_is_one_line(fake_mnist, tmp_path, capsys):  # noqa: F811

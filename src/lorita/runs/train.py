@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import random
@@ -22,7 +23,7 @@ from lorita._files import atomic_torch_save, write_json
 from lorita.counting import count_params
 from lorita.data import DataSplits
 from lorita.engine import evaluate, make_optimizer, make_scheduler, train_one_epoch
-from lorita.models import build_model
+from lorita.models import DEFAULT_CFGS, build_model
 from lorita.optim import param_groups
 from lorita.runs.config import TrainConfig
 from lorita.runs.folder import (
@@ -274,19 +275,57 @@ def _check_resumable(cfg: TrainConfig, out: Path) -> bool:
 
 def _check_accepts(model: nn.Module, cfg: TrainConfig, data: DataSplits) -> None:
     """One forward pass on two training images before anything is written: a model that does not
-    fit the dataset (e.g. a 3-channel CIFAR network on 1-channel MNIST) fails here, in one line."""
+    fit the dataset (e.g. a 3-channel CIFAR network on 1-channel MNIST) fails here, in one line
+    that names the shape the model is built for and, where its constructor has them, the
+    ``model_kwargs`` that adapt it (checked to work)."""
     x = data.normalize(data.train_x[:2]).to(next(model.parameters()).device)
     try:
         with torch.no_grad():
             model.eval()(x)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"model {cfg.model!r} does not accept {cfg.dataset} inputs of shape {tuple(x.shape[1:])}: {first}; "
-            f"choose a model built for {cfg.dataset} or adapt `model_kwargs`"
-        ) from None
+        raise ValueError(_mismatch_message(model, cfg, data, x, first)) from None
     finally:
         model.train()
+
+
+def _mismatch_message(model: nn.Module, cfg: TrainConfig, data: DataSplits, x: torch.Tensor, first: str) -> str:
+    """Why ``model`` rejects the dataset's inputs and how to fix it (see :func:`_check_accepts`)."""
+    shape = tuple(data.input_shape)
+    built = DEFAULT_CFGS.get(cfg.model, {})
+    own = [n for n, c in DEFAULT_CFGS.items() if c.get("dataset") == cfg.dataset]
+    choose = f"choose a model built for {cfg.dataset}" + (f" ({', '.join(own)})" if own else "")
+    if "input_shape" not in built or tuple(built["input_shape"]) == shape:
+        return (f"model {cfg.model!r} does not accept {cfg.dataset} inputs of shape {shape}: {first}; "
+                f"{choose} or adapt `model_kwargs`")
+    head = (f"model {cfg.model!r} is built for {built.get('dataset')} inputs {tuple(built['input_shape'])} "
+            f"and {cfg.dataset} gives {shape}")
+    fix = _adapting_kwargs(model, cfg, data, x)
+    if fix:
+        return f"{head}: pass `model_kwargs` '{json.dumps(fix)}' to adapt it, or {choose}"
+    return f"{head} ({first}); {choose}"
+
+
+def _adapting_kwargs(model: nn.Module, cfg: TrainConfig, data: DataSplits, x: torch.Tensor) -> dict[str, int]:
+    """The ``in_channels`` / ``image_size`` overrides (those the model's constructor takes) that
+    make a fresh model accept ``x``; ``{}`` when none do."""
+    params = inspect.signature(type(model).__init__).parameters
+    c, h, w = (tuple(data.input_shape) + (None, None, None))[:3]
+    fix: dict[str, int] = {}
+    if "in_channels" in params and c is not None:
+        fix["in_channels"] = int(c)
+    if "image_size" in params and h is not None and h == w:
+        fix["image_size"] = int(h)
+    fix = {k: v for k, v in fix.items() if k not in cfg.model_kwargs}
+    if not fix:
+        return {}
+    try:
+        trial = build_model(cfg.model, **{**_model_kwargs(cfg, data), **fix}).eval()
+        with torch.no_grad():
+            trial(x.cpu())
+    except (RuntimeError, ValueError):
+        return {}
+    return fix
 
 
 def _load_resume(path: Path, device: Any) -> dict[str, Any]:
