@@ -93,5 +93,7 @@ def test_latency_budget_cap_of_one_is_uncapped_and_cap_parses():
     assert (pol.fraction, pol.layer_cap) == (0.5, 0.25) and policy_string(pol) == "latency:0.5,cap=0.25"
     with pytest.raises(ValueError, match=r"`layer_cap` must be in \(0, 1\], got 0"):
         lorita.LatencyBudget(0.5, X, layer_cap=0)
+    with pytest.raises(TypeError, match="`layer_cap` must be a number, got nan"):  # the check MacBudget uses
+        lorita.LatencyBudget(0.5, X, layer_cap=float("nan"))
     with pytest.raises(ValueError, match=r"`layer_cap` needs allocation='macs'"):
         lorita.LatencyBudget(0.5, X, layer_cap=0.5, allocation="layer")

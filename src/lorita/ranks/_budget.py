@@ -8,6 +8,7 @@ layer truncated to rank r is its tail energy, so this greedy discards the least 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from lorita import linalg
@@ -110,6 +111,28 @@ def round_rank_down(rank: int, multiple: int) -> int:
     Example: ``round_rank_down(29, 8) == 24``; ``round_rank_down(4, 8) == 4``.
     """
     return rank if rank < multiple else rank // multiple * multiple
+
+
+def check_fraction(value: Any, name: str, lo_open: bool = True) -> float:
+    """``value`` as a float in (0, 1] (``lo_open=False``: [0, 1]).
+
+    Raises:
+        TypeError: not a number (bools and NaN included), naming ``name``.
+        ValueError: out of range, naming ``name`` and the range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    ok = (0.0 < value <= 1.0) if lo_open else (0.0 <= value <= 1.0)
+    if not ok:
+        rng = "(0, 1]" if lo_open else "[0, 1]"
+        raise ValueError(f"`{name}` must be in {rng}, got {value}")
+    return float(value)
+
+
+def check_cap(cap: Any) -> None:
+    """A policy's ``layer_cap``: None, or a fraction in (0, 1] (errors as :func:`check_fraction`)."""
+    if cap is not None:
+        check_fraction(cap, "layer_cap")
 
 
 def check_multiple(multiple: Any) -> int:

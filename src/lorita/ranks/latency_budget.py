@@ -23,6 +23,7 @@ from torch import nn
 
 from lorita import timing
 from lorita.latency import compare_latency
+from lorita.ranks._budget import check_cap
 from lorita.surgery import to_low_rank
 
 __all__ = ["LatencyBudget"]
@@ -80,13 +81,10 @@ class LatencyBudget:
             raise ValueError(f"`split`={self.split!r} is not one of 'macs', 'latency'")
         if self.allocation not in ("macs", "layer"):
             raise ValueError(f"`allocation`={self.allocation!r} is not one of 'macs', 'layer'")
-        c = self.layer_cap
-        if c is not None:
-            if isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 < c <= 1.0:
-                raise ValueError(f"`layer_cap` must be in (0, 1], got {c!r}")
-            if self.allocation != "macs":
-                raise ValueError("`layer_cap` needs allocation='macs' (allocation='layer' already gives every "
-                                 "layer the same share)")
+        check_cap(self.layer_cap)
+        if self.layer_cap is not None and self.allocation != "macs":
+            raise ValueError("`layer_cap` needs allocation='macs' (allocation='layer' already gives every "
+                             "layer the same share)")
         for name in ("steps", "rounds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -40,6 +40,8 @@ from torch import nn
 
 from lorita import linalg
 from lorita.ranks._budget import budget_ranks as _budget_ranks
+from lorita.ranks._budget import check_cap as _check_cap
+from lorita.ranks._budget import check_fraction as _frac
 from lorita.ranks._budget import check_multiple, deployable_cost, round_rank, round_rank_down
 from lorita.ranks.latency_budget import LatencyBudget
 from lorita.ranks.layer_info import LayerInfo, layer_infos
@@ -67,21 +69,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _frac(value: float, name: str, lo_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise TypeError(f"`{name}` must be a number, got {value!r}")
-    ok = (0.0 < value <= 1.0) if lo_open else (0.0 <= value <= 1.0)
-    if not ok:
-        rng = "(0, 1]" if lo_open else "[0, 1]"
-        raise ValueError(f"`{name}` must be in {rng}, got {value}")
-    return float(value)
-
-
-def _check_cap(cap: Any) -> None:
-    if cap is not None:
-        _frac(cap, "layer_cap")
 
 
 @dataclass(frozen=True)
