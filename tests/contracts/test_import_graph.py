@@ -3,7 +3,8 @@
 * no import cycle between lorita modules, counting function-local imports; a subpackage's
   ``__init__`` is its own node; imports under ``if TYPE_CHECKING:`` never run and are not edges;
 * at least three subpackages;
-* no source file over 450 lines and no function (or method) over 100 lines.
+* no source file over 450 lines and no function (or method) over 100 lines;
+* no logic (functions, classes, control flow) in an ``__init__.py``.
 """
 
 from __future__ import annotations
@@ -182,3 +183,14 @@ def test_argparse_only_in_cli_and_prints_only_in_the_cli_ring():
                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
         if rel not in ("cli.py", "commands.py"):
             assert not prints, f"{rel} prints (lines {prints}); use logging"
+
+
+def test_no_logic_in_init_files():
+    """A package's ``__init__.py`` only imports and re-exports: no function, class or loop (the logic
+    lives in a module named after what it holds, e.g. ``models/registry.py``)."""
+    for path in sorted(SRC.rglob("__init__.py")):
+        tree = ast.parse(path.read_text())
+        logic = [f"{type(n).__name__} (line {n.lineno})" for n in tree.body
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.If,
+                                   ast.With, ast.Try))]
+        assert not logic, f"{path.relative_to(SRC)} holds logic: {logic}"

@@ -7,11 +7,9 @@ keeps working.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 from lorita.data.cifar10 import load_cifar10
 from lorita.data.mnist import MNIST_SHA256, load_mnist, read_idx
+from lorita.data.registry import DATASETS, load_dataset
 from lorita.data.splits import (
     AUGMENTATIONS,
     DataSplits,
@@ -35,17 +33,3 @@ __all__ = [
     "make_transform",
     "random_crop_flip",
 ]
-
-DATASETS: dict[str, Callable[..., DataSplits]] = {"mnist": load_mnist, "cifar10": load_cifar10}
-
-
-def load_dataset(name: str, root: str | Path, **kwargs) -> DataSplits:
-    """Load a dataset by name (``"mnist"``, ``"cifar10"``).
-
-    Raises:
-        ValueError: unknown name.
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name](root, **kwargs)
-
