@@ -307,14 +307,16 @@ def _mismatch_message(model: nn.Module, cfg: TrainConfig, data: DataSplits, x: t
 
 
 def _adapting_kwargs(model: nn.Module, cfg: TrainConfig, data: DataSplits, x: torch.Tensor) -> dict[str, int]:
-    """The ``in_channels`` / ``image_size`` overrides (those the model's constructor takes) that
-    make a fresh model accept ``x``; ``{}`` when none do."""
+    """The ``in_channels`` / ``image_size`` overrides (those the model's constructor takes, where the
+    dataset differs from the model's ``DEFAULT_CFG`` shape) that make a fresh model accept ``x``;
+    ``{}`` when none do."""
     params = inspect.signature(type(model).__init__).parameters
     c, h, w = (tuple(data.input_shape) + (None, None, None))[:3]
+    bc, bh, _ = (tuple(DEFAULT_CFGS[cfg.model]["input_shape"]) + (None, None, None))[:3]
     fix: dict[str, int] = {}
-    if "in_channels" in params and c is not None:
+    if "in_channels" in params and c is not None and c != bc:
         fix["in_channels"] = int(c)
-    if "image_size" in params and h is not None and h == w:
+    if "image_size" in params and h is not None and h == w and h != bh:
         fix["image_size"] = int(h)
     fix = {k: v for k, v in fix.items() if k not in cfg.model_kwargs}
     if not fix:
