@@ -30,6 +30,7 @@ from lorita.runs.folder import load_data
 RESULTS = Path(__file__).parent / "results"
 
 
+LIMIT = 15000
 BUDGETS = ("0.5", "0.3", "0.2")
 POINTS = ("dense", *BUDGETS)
 
@@ -103,6 +104,14 @@ def report() -> None:
                  RESULTS / "late_wd.png")
 
 
+def config(seed: int, wd: float, depth: int = 2) -> TrainConfig:
+    """The run's config: the fronts' ResNet-20 recipe on the first ``LIMIT`` images, ``wd``, 15 epochs; depth > 1
+    factorizes late (``factorize_at=5``), depth 1 trains plain."""
+    late = {"factorize_at": 5} if depth > 1 else {}
+    return TrainConfig(**{**FAMILIES["resnet20"]["cfg"], "limit_train": LIMIT, "weight_decay": wd, "seed": seed,
+                          "depth": depth, "epochs": 15, **late})
+
+
 def main() -> None:
     if sys.argv[1:] == ["--report"]:
         report()
@@ -112,10 +121,8 @@ def main() -> None:
     seed, wd = int(sys.argv[1]), float(sys.argv[2])
     depth = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     fam = FAMILIES["resnet20"]
-    data = load_data(TrainConfig(**{**fam["cfg"], "limit_train": 15000}))
-    late = {"factorize_at": 5} if depth > 1 else {}
-    cfg = TrainConfig(**{**fam["cfg"], "limit_train": 15000, "weight_decay": wd, "seed": seed, "depth": depth,
-                         "epochs": 15, **late})
+    data = load_data(TrainConfig(**{**fam["cfg"], "limit_train": LIMIT}))
+    cfg = config(seed, wd, depth)
     name = f"late5_d{depth}" if depth > 1 else "scratch_d1"
     res = run_one(cfg, Path(f"benchmarks/runs/late_wd/{name}_wd{wd:g}_s{seed}"), [0.5, 0.3, 0.2],
                   FinetuneConfig(**fam["finetune"]), data)
