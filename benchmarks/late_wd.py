@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from statistics import mean as _mean
 from pathlib import Path
 
 import torch
@@ -52,11 +53,6 @@ def _groups() -> dict[tuple[int, float], dict[int, dict]]:
         r = json.loads(f.read_text())
         groups.setdefault((r["depth"], r["weight_decay"]), {})[int(f.stem.rpartition("_s")[2])] = r
     return groups
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs)
 
 
 def report() -> None:
