@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from statistics import mean as _mean
 from pathlib import Path
+from statistics import mean as _mean
 
 import torch
 from fronts import FAMILIES, front_figure, run_one
