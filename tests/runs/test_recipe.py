@@ -27,7 +27,7 @@ def test_fcn_recipe_is_the_generic_defaults():
 def test_resnet20_recipe_values_and_factorize_fraction():
     cfg = TrainConfig.for_model("resnet20")
     assert (cfg.dataset, cfg.depth, cfg.factorize_at, cfg.epochs) == ("cifar10", 2, 5, 15)
-    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay) == ("sgd", 0.05, 0.9, 2e-3)
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay) == ("sgd", 0.05, 0.9, 4e-3)
     assert (cfg.warmup_epochs, cfg.label_smoothing, cfg.augment) == (1.0, 0.1, True)
     # factorize_at = round(epochs / 3), below epochs
     assert [TrainConfig.for_model("resnet20", epochs=e).factorize_at for e in (1, 2, 3, 4, 30)] == [0, 1, 1, 1, 10]
@@ -52,7 +52,7 @@ def test_given_fields_win_over_the_recipe():
 def test_cli_applies_the_recipe_only_to_flags_not_given():
     args, cfg = _cfg("--model", "resnet20", "--depth", "3", "--epochs", "9", "--no-augment")
     assert (cfg.dataset, cfg.depth, cfg.epochs, cfg.factorize_at, cfg.augment, cfg.weight_decay) == (
-        "cifar10", 3, 9, 3, False, 2e-3)
+        "cifar10", 3, 9, 3, False, 4e-3)
     note = _recipe_note(args, cfg)
     assert note.startswith("resnet20 recipe: --dataset cifar10, --optimizer sgd") and "--factorize-at 3" in note
     assert "--depth" not in note and "--epochs" not in note and "augment" not in note
@@ -99,11 +99,17 @@ def test_recipes_are_the_runs_the_readme_measured():
     import json
     from pathlib import Path
 
-    delayed = _bench("delayed_factorize")  # the `--factorize-at 5 --depth 2` ResNet-20 rows (3 seeds)
-    measured = TrainConfig(**{**delayed.FAM["cfg"], "limit_train": delayed.LIMIT, "weight_decay": delayed.WD,
-                              "depth": 2, "epochs": delayed.TOTAL, "factorize_at": 5})
-    assert TrainConfig.for_model("resnet20", data_dir=measured.data_dir, limit_train=delayed.LIMIT) == measured
+    late = _bench("late_wd")  # the ResNet-20 recipe rows: `--factorize-at 5 --depth 2` at wd 4e-3 (seeds 0, 1)
     res = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    for seed in (0, 1):
+        measured = late.config(seed, 0.004, 2)
+        assert json.loads((res / f"late_wd0.004_s{seed}.json").read_text())["weight_decay"] == 0.004
+        assert TrainConfig.for_model("resnet20", data_dir=measured.data_dir, limit_train=late.LIMIT,
+                                     seed=seed) == measured
+    delayed = _bench("delayed_factorize")  # the same schedule at wd 2e-3 (3 seeds): only the weight decay differs
+    at_2e3 = TrainConfig(**{**delayed.FAM["cfg"], "limit_train": delayed.LIMIT, "weight_decay": delayed.WD,
+                            "depth": 2, "epochs": delayed.TOTAL, "factorize_at": 5})
+    assert at_2e3 == late.config(0, delayed.WD, 2)
     for name in ("fronts_vit_cpu_factorize_at5.json", "fronts_vit_cpu_factorize_at5_s1.json"):
         cfg = json.loads((res / name).read_text())["config"]
         run = {**cfg, "weight_decay": json.loads((res / name).read_text())["runs"][0]["weight_decay"]}
