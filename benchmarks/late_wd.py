@@ -55,6 +55,10 @@ def _groups() -> dict[tuple[int, float], dict[int, dict]]:
     return groups
 
 
+def _seeds(rs: dict[int, dict]) -> str:
+    return ", ".join(map(str, sorted(rs)))
+
+
 def report() -> None:
     groups = _groups()
     name = {1: "depth 1 from scratch", 2: "`--factorize-at 5 --depth 2`"}
@@ -68,7 +72,7 @@ def report() -> None:
     for (depth, wd), rs in sorted(groups.items()):
         cells = [f"{_mean(_acc(r, p, 'val') for r in rs.values()):.2f} / "
                  f"{_mean(_acc(r, p, 'test') for r in rs.values()):.2f}" for p in POINTS]
-        lines.append(f"| {name[depth]} | {wd:g} | {', '.join(map(str, sorted(rs)))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name[depth]} | {wd:g} | {_seeds(rs)} | " + " | ".join(cells) + " |")
     lines += ["", "## Weight decay picked on validation, per depth and point", "",
               "Means over the seeds every weight decay of that depth has; Δ = depth 2 − depth 1 on test, over the "
               "seeds both have (per seed in brackets).",
@@ -85,7 +89,7 @@ def report() -> None:
         common = sorted(set(r1) & set(r2))
         per = [_acc(r2[s], point, "test") - _acc(r1[s], point, "test") for s in common]
         cell = [f"{w:g}, {_mean(_acc(r, point, 'val') for r in rs.values()):.2f} / "
-                f"{_mean(_acc(r, point, 'test') for r in rs.values()):.2f} ({', '.join(map(str, sorted(rs)))})"
+                f"{_mean(_acc(r, point, 'test') for r in rs.values()):.2f} ({_seeds(rs)})"
                 for w, rs in ((w1, r1), (w2, r2))]
         lines.append(f"| {point} | {cell[0]} | {cell[1]} | {_mean(per):+.2f} ("
                      + ", ".join(f"{x:+.2f}" for x in per) + ") |")
